@@ -1,0 +1,77 @@
+"""Elastic Gateway's additions to the gateway HTTP API (under ``/api/elastic/v1``).
+
+Authenticated by the gateway's own authenticator; a user sees only their own
+clusters (admins see all), exactly like upstream's cluster routes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from dask_gateway_server.backends.db_base import JobStatus
+from dask_gateway_server.routes import api_handler
+
+if TYPE_CHECKING:
+    from dask_gateway_server.backends.db_base import Cluster
+
+    from .backend import ElasticBackend
+
+PREFIX = "/api/elastic/v1"
+
+
+def _owned_cluster(request: web.Request) -> Cluster:
+    backend = request.app["backend"]
+    name = request.match_info["cluster_name"]
+    cluster = backend.db.get_cluster(name)
+    if cluster is None:
+        raise web.HTTPNotFound(reason=f"Cluster {name} not found")
+    user = request["user"]
+    if not (user.admin or user.has_permissions(cluster)):
+        # Same answer as for a missing cluster: do not reveal other users' cluster names.
+        raise web.HTTPNotFound(reason=f"Cluster {name} not found")
+    return cluster
+
+
+def cluster_details(backend: ElasticBackend, cluster: Cluster) -> dict[str, Any]:
+    """Workers per pool (pending with reasons, running, stopping), events, failure reason."""
+    pools: dict[str, dict[str, Any]] = {
+        p.name: {"pending": 0, "running": 0, "stopping": 0, "pending_reasons": []}
+        for p in backend.pools_for(cluster)
+    }
+    for w in cluster.workers.values():
+        if w.status >= JobStatus.STOPPED:
+            continue
+        entry = pools.setdefault(
+            backend.pool_of(w).name,
+            {"pending": 0, "running": 0, "stopping": 0, "pending_reasons": []},
+        )
+        if w.target > JobStatus.RUNNING or w.status == JobStatus.CLOSING:
+            entry["stopping"] += 1
+        elif w.status == JobStatus.RUNNING:
+            entry["running"] += 1
+        else:
+            entry["pending"] += 1
+            condition = backend.worker_conditions.get(w.name)
+            if condition is not None and condition.reason:
+                entry["pending_reasons"].append(condition.reason)
+    return {
+        "name": cluster.name,
+        "status": cluster.model_status.name,
+        "requested_workers": cluster.count,
+        "options": cluster.options,
+        "pools": pools,
+        "failure_reason": cluster.state.get("failure_reason"),
+        "events": backend.events.get(cluster.name),
+    }
+
+
+@api_handler(user_authenticated=True)
+async def get_cluster_details(request: web.Request) -> web.Response:
+    cluster = _owned_cluster(request)
+    return web.json_response(cluster_details(request.app["backend"], cluster))
+
+
+def add_routes(app: web.Application, backend: ElasticBackend) -> None:
+    """Register the Elastic Gateway routes on the gateway's aiohttp application."""
+    app.router.add_get(PREFIX + "/clusters/{cluster_name}", get_cluster_details)

@@ -1,0 +1,376 @@
+"""ElasticBackend: dask-gateway's backend hooks mapped onto launchers and worker pools.
+
+Upstream's ``DBBackendBase`` keeps the state machine, the database and the
+proxy routes. This class decides *where* things run: the scheduler on the
+scheduler launcher, each worker in a pool chosen by the placement policy, with
+worker starts, stops and checks batched per launcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+
+from dask_gateway_server.backends.base import ClusterConfig, PublicException
+from dask_gateway_server.backends.db_base import (
+    Cluster,
+    DBBackendBase,
+    JobStatus,
+    Worker,
+)
+from dask_gateway_server.backends.db_base import workers as workers_table
+from dask_gateway_server.traitlets import Type
+from dask_gateway_server.utils import timestamp
+from traitlets import Dict, Float, Integer, TraitError, Unicode, default, validate
+from traitlets.utils.importstring import import_item
+
+from . import api
+from .batching import Batcher
+from .events import EventLog
+from .launchers import LAUNCHER_CLASSES, Launcher, WorkerCheck, WorkerPhase
+from .options import default_cluster_options, explain_invalid_options
+from .placement import ordered_spill
+from .pools import ConfigError, WorkerPool, parse_pool_specs
+
+
+class ElasticBackend(DBBackendBase):
+    """Schedulers and workers on launchers (local, Kubernetes, HTCondor), workers in pools."""
+
+    cluster_config_class = Type(
+        "gateway_backend.cluster_config.ElasticClusterConfig",
+        klass=ClusterConfig,
+        help="The cluster config class to use.",
+        config=True,
+    )
+
+    scheduler_launcher = Unicode(
+        "local",
+        help="""
+        Where schedulers run: a launcher name (``local``, ``kubernetes``) or the
+        import path of a ``gateway_backend.launchers.Launcher`` subclass.
+        """,
+        config=True,
+    )
+
+    worker_pools = Dict(
+        {"local": {"launcher": "local"}},
+        help="""
+        Named worker pools, in placement order. Each value is a dict with:
+
+        - ``launcher``: ``local``, ``htcondor``, ``kubernetes`` or an import path
+          (default ``local``);
+        - ``max_workers``: cap on workers in this pool over all clusters
+          (default: no cap);
+        - ``vos``: VOs allowed to use the pool (default: everyone).
+
+        New workers fill the pools in order, each up to its cap.
+        """,
+        config=True,
+    )
+
+    @validate("worker_pools")
+    def _validate_worker_pools(self, proposal):
+        try:
+            parse_pool_specs(proposal.value)
+        except ConfigError as exc:
+            raise TraitError(str(exc)) from None
+        return proposal.value
+
+    max_worker_cores = Integer(
+        4,
+        min=1,
+        help="Largest ``worker_cores`` a user may request with the default cluster options.",
+        config=True,
+    )
+
+    max_worker_memory = Float(
+        16.0,
+        min=0.25,
+        help="Largest ``worker_memory`` (GiB) a user may request with the default options.",
+        config=True,
+    )
+
+    @default("cluster_options")
+    def _default_cluster_options(self):
+        return default_cluster_options(self.max_worker_cores, self.max_worker_memory)
+
+    stop_batch_window = Float(
+        0.05,
+        min=0,
+        help="""
+        Seconds to collect worker stop requests before sending them to a launcher
+        as one call (one ``condor_rm`` constraint, one round of pod deletions).
+        """,
+        config=True,
+    )
+
+    # -- set-up -------------------------------------------------------------------
+    def _load_launchers(self) -> None:
+        specs = parse_pool_specs(self.worker_pools)
+        kinds = {self.scheduler_launcher} | {kind for kind, _, _ in specs.values()}
+        self.launchers: dict[str, Launcher] = {}
+        for kind in sorted(kinds):
+            path = LAUNCHER_CLASSES.get(kind, kind)
+            try:
+                cls = import_item(path)
+            except Exception as exc:
+                raise ConfigError(
+                    f"launcher {kind!r} (used in ElasticBackend.worker_pools or "
+                    f"ElasticBackend.scheduler_launcher) cannot be loaded: {exc}"
+                ) from exc
+            if not (isinstance(cls, type) and issubclass(cls, Launcher)):
+                raise ConfigError(f"launcher {kind!r} ({path}) is not a Launcher subclass")
+            self.launchers[kind] = cls(parent=self, log=self.log)
+        self.pools = [
+            WorkerPool(name, self.launchers[kind], cap, vos)
+            for name, (kind, cap, vos) in specs.items()
+        ]
+        self.pools_by_name = {p.name: p for p in self.pools}
+        self.scheduler_launcher_instance = self.launchers[self.scheduler_launcher]
+        self._stoppers = {
+            p.name: Batcher(p.launcher.stop_workers, self.stop_batch_window) for p in self.pools
+        }
+
+    async def setup(self, app) -> None:
+        self.events = EventLog()
+        # Latest pending/failure reason per worker name, from the launchers' checks.
+        self.worker_conditions: dict[str, WorkerCheck] = {}
+        self._waiting_for_capacity: set[str] = set()
+        self._load_launchers()
+        for launcher in self.launchers.values():
+            await launcher.setup(self)
+        api.add_routes(app, self)
+        await super().setup(app)
+
+    async def do_setup(self) -> None:
+        """After a restart: remove what runs without a record, fail records without a process."""
+        active = list(self.db.active_clusters())
+        known_clusters = {c.name for c in active}
+        known_workers = {w.name for c in active for w in c.workers.values() if w.is_active()}
+        for launcher in self.launchers.values():
+            removed = await launcher.remove_unknown(known_clusters, known_workers)
+            if removed:
+                self.log.warning("Removed %d %s resources with no record", removed, launcher.kind)
+
+        started = [c for c in active if c.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)]
+        if started:
+            alive = await self.scheduler_launcher_instance.check_schedulers(started)
+            for cluster, ok in zip(started, alive, strict=True):
+                if not ok:
+                    self._fail_cluster(cluster, "the scheduler was gone when the gateway restarted")
+
+        for pool in self.pools:
+            workers = [
+                w
+                for c in active
+                if c.target == JobStatus.RUNNING
+                for w in c.workers.values()
+                if w.is_active()
+                and w.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)
+                and self.pool_of(w) is pool
+            ]
+            if not workers:
+                continue
+            checks = await pool.launcher.check_workers(workers)
+            gone = [
+                (w, {"target": JobStatus.FAILED})
+                for w, c in zip(workers, checks, strict=True)
+                if not c.alive
+            ]
+            self.db.update_workers(gone)
+            for w, _ in gone:
+                self.events.add(w.cluster.name, f"worker {w.name} was gone after a gateway restart")
+                self.queue.put(w)
+
+    async def do_cleanup(self) -> None:
+        for launcher in self.launchers.values():
+            await launcher.cleanup()
+
+    # -- cluster options -------------------------------------------------------------
+    async def process_cluster_options(self, user, request):
+        options = await self.get_cluster_options(user)
+        problem = explain_invalid_options(options, request)
+        if problem:
+            raise PublicException(problem)
+        return await super().process_cluster_options(user, request)
+
+    # -- pools and placement ------------------------------------------------------------
+    def pool_of(self, worker: Worker) -> WorkerPool:
+        """The pool a worker was placed in (records from before pools existed: the first)."""
+        return self.pools_by_name.get(worker.state.get("pool"), self.pools[0])
+
+    def pools_for(self, cluster: Cluster) -> list[WorkerPool]:
+        """Pools this cluster may use, in placement order."""
+        return [p for p in self.pools if p.allows(cluster.options.get("vo"))]
+
+    def pool_usage(self) -> dict[str, int]:
+        """Active workers per pool over all clusters."""
+        usage: dict[str, int] = defaultdict(int)
+        for cluster in self.db.active_clusters():
+            for w in cluster.workers.values():
+                if w.is_active():
+                    usage[self.pool_of(w).name] += 1
+        return usage
+
+    def _fail_cluster(self, cluster: Cluster, reason: str) -> None:
+        self.log.warning("Cluster %s failed: %s", cluster.name, reason)
+        self.events.add(cluster.name, f"cluster failed: {reason}", "error")
+        self.db.update_cluster(
+            cluster, target=JobStatus.FAILED, state={**cluster.state, "failure_reason": reason}
+        )
+        self.queue.put(cluster)
+
+    async def _check_cluster_scale(self, cluster: Cluster) -> None:
+        if cluster.worker_start_failure_count >= self.worker_start_failure_limit:
+            last = cluster.state.get("last_worker_failure", "unknown")
+            self._fail_cluster(
+                cluster,
+                f"{cluster.worker_start_failure_count} workers in a row failed to start "
+                f"(limit ElasticBackend.worker_start_failure_limit="
+                f"{self.worker_start_failure_limit}); last failure: {last}",
+            )
+            return
+        missing = cluster.count - len(cluster.active_workers())
+        if missing <= 0:
+            self._waiting_for_capacity.discard(cluster.name)
+            return
+        plan = ordered_spill(self.pools_for(cluster), self.pool_usage(), missing)
+        placed = sum(k for _, k in plan)
+        if placed < missing:
+            self._waiting_for_capacity.add(cluster.name)
+            self.events.add(
+                cluster.name,
+                f"{missing - placed} worker(s) wait for room: every pool this cluster may use "
+                "is at its max_workers",
+            )
+        else:
+            self._waiting_for_capacity.discard(cluster.name)
+        for pool, k in plan:
+            await self._start_batch(cluster, pool, k)
+
+    def _create_workers(self, cluster: Cluster, pool: WorkerPool, n: int) -> list[Worker]:
+        """Create ``n`` worker records in one transaction, already placed in ``pool``."""
+        now = timestamp()
+        created = []
+        with self.db.db.begin() as conn:
+            for _ in range(n):
+                fields = {
+                    "name": uuid.uuid4().hex,
+                    "status": JobStatus.CREATED,
+                    "target": JobStatus.RUNNING,
+                    "state": {"pool": pool.name},
+                    "start_time": now,
+                    "close_expected": False,
+                }
+                res = conn.execute(workers_table.insert().values(cluster_id=cluster.id, **fields))
+                worker = Worker(id=res.inserted_primary_key[0], cluster=cluster, **fields)
+                cluster.workers[worker.name] = worker
+                created.append(worker)
+        return created
+
+    async def _start_batch(self, cluster: Cluster, pool: WorkerPool, n: int) -> None:
+        workers = self._create_workers(cluster, pool, n)
+        self.log.info("Starting %d workers for cluster %s in pool %s", n, cluster.name, pool.name)
+        try:
+            async with asyncio.timeout(self.worker_start_timeout):
+                states = await pool.launcher.start_workers(cluster, workers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = f"pool {pool.name} could not start {n} worker(s): {exc}"
+            self.log.warning("Cluster %s: %s", cluster.name, reason, exc_info=exc)
+            self._record_worker_failure(cluster, reason)
+            self.db.update_workers(
+                [(w, {"status": JobStatus.SUBMITTED, "target": JobStatus.FAILED}) for w in workers]
+            )
+            for w in workers:
+                self.queue.put(w)
+            return
+        updates, stopped_meanwhile = [], []
+        for worker, state in zip(workers, states, strict=True):
+            state = {"pool": pool.name, **state}
+            if worker.status >= JobStatus.STOPPED:
+                # Scaled down while we were submitting: record, then stop it below.
+                stopped_meanwhile.append(worker)
+                updates.append((worker, {"state": state}))
+            else:
+                updates.append((worker, {"state": state, "status": JobStatus.SUBMITTED}))
+        self.db.update_workers(updates)
+        if stopped_meanwhile:
+            await pool.launcher.stop_workers(stopped_meanwhile)
+
+    def _record_worker_failure(self, cluster: Cluster, reason: str, count: bool = True) -> None:
+        """Remember why a worker failed; ``count`` it towards the cluster's failure limit."""
+        if count:
+            cluster.worker_start_failure_count += 1
+        self.events.add(cluster.name, reason, "error")
+        self.db.update_cluster(cluster, state={**cluster.state, "last_worker_failure": reason})
+
+    async def _worker_to_stopped(self, worker: Worker) -> None:
+        await super()._worker_to_stopped(worker)
+        self.worker_conditions.pop(worker.name, None)
+        if self._waiting_for_capacity:
+            # A pool slot freed up: clusters waiting for room may grow now.
+            for name in list(self._waiting_for_capacity):
+                cluster = self.db.get_cluster(name)
+                if cluster is not None and cluster.target == JobStatus.RUNNING:
+                    self.queue.put(cluster)
+                else:
+                    self._waiting_for_capacity.discard(name)
+
+    # -- DBBackendBase hooks ---------------------------------------------------------------
+    async def do_start_cluster(self, cluster: Cluster):
+        async for state in self.scheduler_launcher_instance.start_scheduler(cluster):
+            yield state
+
+    async def do_stop_cluster(self, cluster: Cluster) -> None:
+        by_pool: dict[str, list[Worker]] = {p.name: [] for p in self.pools}
+        for w in cluster.workers.values():
+            if w.status < JobStatus.STOPPED and w.status > JobStatus.CREATED:
+                by_pool[self.pool_of(w).name].append(w)
+        for pool in self.pools:
+            try:
+                await pool.launcher.stop_cluster_workers(cluster, by_pool[pool.name])
+            except Exception:
+                self.log.warning(
+                    "Stopping workers of cluster %s in pool %s failed",
+                    cluster.name,
+                    pool.name,
+                    exc_info=True,
+                )
+        await self.scheduler_launcher_instance.stop_scheduler(cluster)
+        for w in cluster.workers.values():
+            self.worker_conditions.pop(w.name, None)
+
+    async def do_check_clusters(self, clusters: Sequence[Cluster]) -> list[bool]:
+        return await self.scheduler_launcher_instance.check_schedulers(clusters)
+
+    async def do_start_worker(self, worker: Worker):
+        # Only reached for workers created before a restart and never submitted.
+        pool = self.pool_of(worker)
+        [state] = await pool.launcher.start_workers(worker.cluster, [worker])
+        yield {"pool": pool.name, **state}
+
+    async def do_stop_worker(self, worker: Worker) -> None:
+        await self._stoppers[self.pool_of(worker).name].add(worker)
+
+    async def do_check_workers(self, workers: Sequence[Worker]) -> list[bool]:
+        by_pool: dict[str, list[Worker]] = defaultdict(list)
+        for w in workers:
+            by_pool[self.pool_of(w).name].append(w)
+        result: dict[str, bool] = {}
+        for name, pool_workers in by_pool.items():
+            checks = await self.pools_by_name[name].launcher.check_workers(pool_workers)
+            for w, check in zip(pool_workers, checks, strict=True):
+                result[w.name] = check.alive
+                self.worker_conditions[w.name] = check
+                if check.phase == WorkerPhase.FAILED:
+                    # upstream's check loop counts the failure; here we only keep the reason
+                    self._record_worker_failure(
+                        w.cluster,
+                        f"worker {w.name} in pool {name} failed: {check.reason}",
+                        count=False,
+                    )
+        return [result[w.name] for w in workers]

@@ -1,0 +1,100 @@
+"""The ``elastic-gateway`` command: ``serve`` the gateway, or run the end-to-end ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .embedded import DEFAULT_PORT, default_state_directory, embedded_config, write_client_file
+
+
+def _notebook_snippet(address: str, state_dir: Path) -> str:
+    return f"""
+Elastic Gateway is running at {address}  (state: {state_dir})
+
+In a notebook on this machine, as this user:
+
+    from client_ext import ElasticGateway
+    gw = ElasticGateway("{address}")
+    cluster = gw.new_cluster()
+    cluster.scale(4)
+    client = cluster.get_client()
+
+Stop with Ctrl-C (running clusters are stopped first).
+"""
+
+
+def serve(args: argparse.Namespace) -> int:
+    from dask_gateway_server.app import DaskGateway
+
+    state_dir = Path(args.state_dir).resolve()
+    config = embedded_config(state_dir, args.port)
+
+    class EmbeddedGateway(DaskGateway):
+        """dask-gateway-server with the embedded defaults under an optional config file."""
+
+        name = "elastic-gateway"
+
+        def load_config_file(self, *a, **kw):
+            if args.config:
+                super().load_config_file(str(Path(args.config).resolve()))
+
+        async def setup(self):
+            await super().setup()
+            proxy = self.backend.proxy
+            host, port = proxy.address.rsplit(":", 1)
+            address = f"http://{host or '127.0.0.1'}:{port}"
+            write_client_file(state_dir, address)
+            print(_notebook_snippet(address, state_dir), flush=True)
+
+    if args.config and not Path(args.config).is_file():
+        print(f"elastic-gateway: --config {args.config}: no such file", file=sys.stderr)
+        return 2
+    app = EmbeddedGateway(config=config)
+    app.initialize(["--log-level", args.log_level])
+    app.start()
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(n_workers=args.workers, keep_state=args.keep_state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="elastic-gateway",
+        description="Elastic Dask clusters: serve the gateway, or run the end-to-end demo.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway (embedded single-machine default)")
+    p.add_argument(
+        "--state-dir",
+        default=str(default_state_directory()),
+        help="where the database, secrets and cluster directories live (default: %(default)s)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("ELASTIC_GATEWAY_PORT", DEFAULT_PORT)),
+        help="port of the gateway proxy on 127.0.0.1 (default: %(default)s)",
+    )
+    p.add_argument("--config", help="a dask-gateway config file applied over the defaults")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARN or ERROR")
+    p.set_defaults(func=serve)
+
+    d = sub.add_parser("demo", help="start a gateway, run an analysis on a cluster, clean up")
+    d.add_argument("--workers", type=int, default=4, help="workers to scale to (default: 4)")
+    d.add_argument("--keep-state", action="store_true", help="keep the demo's state directory")
+    d.set_defaults(func=demo)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Command lines and environments for Dask schedulers and workers.
+
+Shared by every launcher so that a scheduler or worker looks the same whether it
+runs as a local process, a pod or an HTCondor job. Secrets are never placed
+here: the API token goes to the scheduler only (which needs it to heartbeat),
+and TLS material is always passed as file paths.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dask_gateway_server.backends.db_base import Cluster
+
+CERT_FILE = "dask.crt"
+KEY_FILE = "dask.pem"
+
+
+def scheduler_command(cluster: Cluster, *, host: str, heartbeat_period: float) -> list[str]:
+    """The scheduler command, with the dask-gateway preload that heartbeats to the API."""
+    config = cluster.config
+    return [
+        *config.scheduler_cmd,
+        "--protocol",
+        "tls",
+        "--port",
+        "0",
+        "--host",
+        host,
+        "--dashboard-address",
+        f"{host}:0",
+        "--preload",
+        "dask_gateway.scheduler_preload",
+        "--dg-api-address",
+        f"{host}:0",
+        "--dg-heartbeat-period",
+        str(heartbeat_period),
+        "--dg-adaptive-period",
+        str(config.adaptive_period),
+        "--dg-idle-timeout",
+        str(config.idle_timeout),
+    ]
+
+
+def worker_command(
+    cluster: Cluster,
+    worker_name: str,
+    scheduler_address: str,
+    *,
+    host: str,
+    scheduler_sni: str | None = None,
+) -> list[str]:
+    """The worker command. ``scheduler_sni`` routes through the gateway proxy."""
+    config = cluster.config
+    cmd = [
+        *config.worker_cmd,
+        scheduler_address,
+        "--host",
+        host,
+        "--dashboard-address",
+        f"{host}:0",
+        "--name",
+        worker_name,
+        "--nthreads",
+        str(config.worker_threads),
+        "--memory-limit",
+        str(config.worker_memory),
+    ]
+    if scheduler_sni:
+        cmd += ["--scheduler-sni", scheduler_sni]
+    return cmd
+
+
+def proxy_sni(cluster: Cluster) -> str:
+    """The TLS server name under which the gateway proxy routes to this cluster."""
+    return f"daskgateway-{cluster.name}"
+
+
+def _common_env(cluster: Cluster) -> dict[str, str]:
+    env = {k: str(v) for k, v in dict(cluster.config.environment).items()}
+    env["DASK_GATEWAY_CLUSTER_NAME"] = cluster.name
+    env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
+    return env
+
+
+def scheduler_env(cluster: Cluster, *, api_url: str, cert_path: str, key_path: str) -> dict:
+    """Environment of the scheduler: gateway API access plus its TLS file paths."""
+    env = _common_env(cluster)
+    env.update(
+        {
+            "DASK_GATEWAY_API_URL": api_url,
+            "DASK_GATEWAY_API_TOKEN": cluster.token,
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert_path,
+            "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT": cert_path,
+            "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY": key_path,
+        }
+    )
+    return env
+
+
+def worker_env(cluster: Cluster, *, cert_path: str, key_path: str) -> dict[str, str]:
+    """Environment of a worker: TLS file paths only, no API token."""
+    env = _common_env(cluster)
+    env.update(
+        {
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert_path,
+            "DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT": cert_path,
+            "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": key_path,
+        }
+    )
+    return env

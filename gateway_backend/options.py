@@ -1,0 +1,78 @@
+"""The cluster options users see by default, and refusals that say what to change."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dask_gateway_server.options import Float, Integer, Options
+
+GIB = 2**30
+
+
+def default_cluster_options(max_worker_cores: int, max_worker_memory_gib: float) -> Options:
+    """Worker cores and memory (in GiB), bounded by the admin's per-worker maximums."""
+
+    def handler(options):
+        return {
+            "worker_cores": options.worker_cores,
+            "worker_memory": int(options.worker_memory * GIB),
+        }
+
+    return Options(
+        Integer("worker_cores", default=1, min=1, max=max_worker_cores, label="Worker cores"),
+        Float(
+            "worker_memory",
+            default=min(2.0, max_worker_memory_gib),
+            min=0.25,
+            max=max_worker_memory_gib,
+            label="Worker memory (GiB)",
+        ),
+        handler=handler,
+    )
+
+
+def _describe(spec: Mapping[str, Any]) -> str:
+    kind = spec["spec"]
+    t = kind.get("type")
+    if t in ("int", "float"):
+        noun = "an integer" if t == "int" else "a number"
+        lo, hi = kind.get("min"), kind.get("max")
+        if lo is not None and hi is not None:
+            return f"{noun} from {lo:g} to {hi:g}"
+        if lo is not None:
+            return f"{noun} of at least {lo:g}"
+        if hi is not None:
+            return f"{noun} of at most {hi:g}"
+        return noun
+    if t == "select":
+        return "one of " + ", ".join(repr(o) for o in kind.get("options", []))
+    return {"string": "a string", "bool": "true or false", "mapping": "a mapping"}.get(t, str(t))
+
+
+def explain_invalid_options(options: Options, request: Any) -> str | None:
+    """A message naming each bad option and its valid values, or None if all are valid."""
+    if not isinstance(request, Mapping):
+        return f"cluster options must be a mapping of option name to value, got {request!r}"
+    specs = {s["field"]: s for s in options.get_specification()}
+    problems = []
+    unknown = sorted(set(request) - set(specs))
+    if unknown:
+        accepted = ", ".join(sorted(specs)) or "none"
+        problems.append(
+            f"unknown option(s) {', '.join(map(repr, unknown))}: remove them "
+            f"(this gateway accepts: {accepted})"
+        )
+    for field in options.fields:
+        if field.field not in request:
+            continue
+        try:
+            field.validate(request[field.field])
+        except (TypeError, ValueError):
+            problems.append(
+                f"{field.field}={request[field.field]!r} is not valid: "
+                f"use {_describe(specs[field.field])}"
+            )
+    if not problems:
+        return None
+    return "Invalid cluster options: " + "; ".join(problems) + "."

@@ -1,0 +1,66 @@
+"""Worker pools: a launcher, its cap, and who may use it — parsed from admin config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .launchers.base import Launcher
+
+POOL_KEYS = {"launcher", "max_workers", "vos"}
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and what to change."""
+
+
+@dataclass
+class WorkerPool:
+    """A named place where workers of many clusters run, with a pool-wide cap."""
+
+    name: str
+    launcher: Launcher
+    max_workers: int | None = None
+    vos: frozenset[str] = field(default_factory=frozenset)
+
+    def allows(self, vo: str | None) -> bool:
+        """Whether clusters of ``vo`` may place workers here (no list means everyone)."""
+        return not self.vos or (vo is not None and vo in self.vos)
+
+    def room(self, in_use: int) -> int | None:
+        """How many more workers fit, or None for no cap."""
+        if self.max_workers is None:
+            return None
+        return max(0, self.max_workers - in_use)
+
+
+def parse_pool_specs(specs: Mapping[str, Any], trait: str = "ElasticBackend.worker_pools") -> dict:
+    """Validate the admin's pool dict; return {name: (launcher kind, max_workers, vos)}."""
+    if not specs:
+        raise ConfigError(f"{trait} is empty: define at least one pool, e.g. {{'local': {{}}}}")
+    out = {}
+    for name, spec in specs.items():
+        where = f"{trait}[{name!r}]"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{trait}: pool names must be non-empty strings, got {name!r}")
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{where} must be a dict of settings, got {spec!r}")
+        unknown = set(spec) - POOL_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(POOL_KEYS)}"
+            )
+        kind = spec.get("launcher", "local")
+        if not isinstance(kind, str) or not kind:
+            raise ConfigError(f"{where}['launcher'] must be a launcher name or import path")
+        cap = spec.get("max_workers")
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
+            raise ConfigError(
+                f"{where}['max_workers'] must be a non-negative integer or None, got {cap!r}"
+            )
+        vos = spec.get("vos", [])
+        if isinstance(vos, str) or not all(isinstance(v, str) for v in vos):
+            raise ConfigError(f"{where}['vos'] must be a list of VO names, got {vos!r}")
+        out[name] = (kind, cap, frozenset(vos))
+    return out
