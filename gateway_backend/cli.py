@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from .embedded import DEFAULT_PORT, default_state_directory, embedded_config, write_client_file
+from client_ext.gateway import default_state_directory
+
+from .embedded import DEFAULT_PORT, embedded_config, write_client_file
 
 
 def _notebook_snippet(address: str, state_dir: Path) -> str:

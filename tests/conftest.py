@@ -1,0 +1,134 @@
+"""Shared fixtures: a real gateway (``elastic-gateway serve``) per test, cleaned up always."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from dask_gateway import BasicAuth
+
+from client_ext import ElasticGateway
+from gateway_backend.embedded import GatewayProcess
+
+# Short periods so end-to-end tests observe changes within seconds.
+FAST_CONFIG = """
+c.ElasticBackend.cluster_heartbeat_period = 1
+c.ElasticBackend.cluster_heartbeat_timeout = 20
+c.ElasticBackend.cluster_status_period = 1
+c.ElasticBackend.worker_status_period = 1
+c.ElasticBackend.check_timeouts_period = 1
+c.ElasticBackend.worker_start_timeout = 60
+c.LocalLauncher.stop_grace_period = 3
+"""
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+class Gateways:
+    """Starts gateways for one test; on teardown stops them and checks nothing was left."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[GatewayProcess] = []
+
+    def start(self, extra_config: str = "", name: str = "gw", **kwargs) -> GatewayProcess:
+        config = self.tmp_path / f"{name}_config.py"
+        config.write_text(FAST_CONFIG + extra_config)
+        gateway = GatewayProcess(self.tmp_path / name, config_file=config, **kwargs)
+        self.started.append(gateway)
+        return gateway.start()
+
+    def client(self, gateway: GatewayProcess, username: str | None = None) -> ElasticGateway:
+        creds = gateway.client_credentials()
+        auth = BasicAuth(username or creds["username"], creds["password"])
+        return ElasticGateway(gateway.address, auth=auth)
+
+    def teardown(self) -> list[str]:
+        leaks = []
+        for gateway in self.started:
+            gateway.stop()
+            gateway.kill()
+            leftovers = gateway.kill_leftovers()
+            if leftovers:
+                leaks.append(f"{leftovers} processes left in {gateway.state_dir}")
+        return leaks
+
+
+@pytest.fixture
+def gateways(tmp_path: Path) -> Iterator[Gateways]:
+    g = Gateways(tmp_path)
+    try:
+        yield g
+    finally:
+        leaks = g.teardown()
+    assert not leaks, "; ".join(leaks)
+
+
+@pytest.fixture
+def gateway(gateways: Gateways) -> GatewayProcess:
+    return gateways.start()
+
+
+@pytest.fixture
+def gw(gateways: Gateways, gateway: GatewayProcess) -> Iterator[ElasticGateway]:
+    client = gateways.client(gateway)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def http(
+    gateway: GatewayProcess,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    username: str | None = None,
+) -> tuple[int, dict]:
+    """A raw authenticated API call, for checking status codes and messages exactly."""
+    creds = gateway.client_credentials()
+    token = b64encode(f"{username or creds['username']}:{creds['password']}".encode()).decode()
+    req = urllib.request.Request(
+        gateway.address + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else {}
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw)
+        except ValueError:
+            return err.code, {"error": raw.decode(errors="replace")}
+
+
+def process_groups(gateway: GatewayProcess) -> set[int]:
+    """Process groups running in the gateway's cluster directories (scheduler + one per worker)."""
+    groups = set()
+    for proc in gateway.leftover_processes():
+        try:
+            groups.add(os.getpgid(proc.pid))
+        except ProcessLookupError:
+            pass
+    return groups
