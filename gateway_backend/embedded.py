@@ -105,12 +105,15 @@ class GatewayProcess:
         config_file: Path | None = None,
         log_path: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.port = port or free_port()
         self.config_file = config_file
         self.log_path = log_path or self.state_dir / "gateway.log"
         self.extra_env = extra_env or {}
+        # Another gateway command (e.g. upstream dask-gateway-server, for comparisons).
+        self.command = command
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -119,10 +122,11 @@ class GatewayProcess:
 
     def start(self, timeout: float = 60) -> GatewayProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "gateway_backend.cli", "serve"]
-        cmd += ["--state-dir", str(self.state_dir), "--port", str(self.port)]
-        if self.config_file:
-            cmd += ["--config", str(self.config_file)]
+        cmd = self.command or [sys.executable, "-m", "gateway_backend.cli", "serve"]
+        if self.command is None:
+            cmd += ["--state-dir", str(self.state_dir), "--port", str(self.port)]
+            if self.config_file:
+                cmd += ["--config", str(self.config_file)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd,

@@ -174,7 +174,7 @@ def test_other_users_cannot_see_scale_or_stop_a_cluster(gw, gateway):
 
 def test_wrong_password_is_refused(gateway):
     creds = gateway.client_credentials()
-    with pytest.raises(Exception, match="401|Unauthorized"):
+    with pytest.raises(Exception, match=r"401|Unauthorized"):
         with GatewayCluster(address=gateway.address, auth=BasicAuth(creds["username"], "nope")):
             pass
 
