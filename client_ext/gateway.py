@@ -121,3 +121,15 @@ class ElasticGateway(Gateway):
     def cluster_details(self, cluster_name: str, **kwargs: Any) -> dict[str, Any]:
         """Workers per pool (pending with reasons, running), recent events, failure reason."""
         return self.sync(self._cluster_details, cluster_name, **kwargs)
+
+    async def _quota(self) -> dict[str, Any]:
+        resp = await self._request("GET", f"{self.address}/api/elastic/v1/quota")
+        return await resp.json()
+
+    def quota(self, **kwargs: Any) -> dict[str, Any]:
+        """Your VOs' limits and current usage (every VO's, for admins).
+
+        ``{"quotas_enabled": bool, "vos": {name: {"limits": {...}, "usage": {...},
+        "accounting_group": str | None}}}``; memory in bytes.
+        """
+        return self.sync(self._quota, **kwargs)

@@ -21,8 +21,9 @@ from dask_gateway_server.backends.db_base import (
     Worker,
 )
 from dask_gateway_server.backends.db_base import workers as workers_table
+from dask_gateway_server.options import Options, String
 from dask_gateway_server.traitlets import Type
-from dask_gateway_server.utils import timestamp
+from dask_gateway_server.utils import FrozenAttrDict, timestamp
 from traitlets import Dict, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.utils.importstring import import_item
 
@@ -33,6 +34,17 @@ from .launchers import LAUNCHER_CLASSES, Launcher, WorkerCheck, WorkerPhase
 from .options import default_cluster_options, explain_invalid_options
 from .placement import ordered_spill
 from .pools import ConfigError, WorkerPool, parse_pool_specs
+from .quotas import (
+    VO,
+    QuotaRefused,
+    Usage,
+    check_new_cluster,
+    choose_vo,
+    describe_limit,
+    parse_vos,
+    vo_usage,
+    workers_grantable,
+)
 
 
 class ElasticBackend(DBBackendBase):
@@ -77,6 +89,42 @@ class ElasticBackend(DBBackendBase):
         except ConfigError as exc:
             raise TraitError(str(exc)) from None
         return proposal.value
+
+    vos = Dict(
+        {},
+        help="""
+        Virtual organisations and their quotas. Keys are VO names; each value
+        is a dict with any of:
+
+        - ``groups``: authenticator groups whose members belong to the VO;
+        - ``max_cores``, ``max_memory`` (bytes or a string like ``"8 TiB"``),
+          ``max_gpus``: totals over all clusters of the VO, schedulers and
+          workers included;
+        - ``max_clusters_per_user``, ``max_workers_per_cluster``;
+        - ``accounting_group``: the HTCondor accounting group of its jobs.
+
+        An omitted limit is unlimited. With no VOs configured, quotas are off.
+        """,
+        config=True,
+    )
+
+    @validate("vos")
+    def _validate_vos(self, proposal):
+        try:
+            parse_vos(proposal.value)
+        except ConfigError as exc:
+            raise TraitError(str(exc)) from None
+        return proposal.value
+
+    users_without_vo = Unicode(
+        "refuse",
+        help="""
+        What happens to users whose groups match no VO: ``"refuse"`` (their
+        cluster requests are refused with an explanation) or the name of a VO
+        in ``vos`` to count them against.
+        """,
+        config=True,
+    )
 
     max_worker_cores = Integer(
         4,
@@ -133,11 +181,26 @@ class ElasticBackend(DBBackendBase):
             p.name: Batcher(p.launcher.stop_workers, self.stop_batch_window) for p in self.pools
         }
 
+    def _load_vos(self) -> None:
+        self.vo_table: dict[str, VO] = parse_vos(self.vos)
+        if (
+            self.vo_table
+            and self.users_without_vo != "refuse"
+            and self.users_without_vo not in self.vo_table
+        ):
+            raise ConfigError(
+                f"ElasticBackend.users_without_vo = {self.users_without_vo!r} names no VO in "
+                f"ElasticBackend.vos; use 'refuse' or one of {sorted(self.vo_table)}"
+            )
+
     async def setup(self, app) -> None:
+        self._load_vos()
         self.events = EventLog()
         # Latest pending/failure reason per worker name, from the launchers' checks.
         self.worker_conditions: dict[str, WorkerCheck] = {}
-        self._waiting_for_capacity: set[str] = set()
+        # Clusters with fewer workers than requested (pools full, VO quota), in request order.
+        self._waiting: dict[str, None] = {}
+        self.quota_refusals: dict[tuple[str, str], int] = defaultdict(int)
         self._load_launchers()
         for launcher in self.launchers.values():
             await launcher.setup(self)
@@ -188,13 +251,97 @@ class ElasticBackend(DBBackendBase):
         for launcher in self.launchers.values():
             await launcher.cleanup()
 
-    # -- cluster options -------------------------------------------------------------
+    # -- cluster options and quotas ----------------------------------------------------
+    async def get_cluster_options(self, user):
+        """The admin's options, plus a ``vo`` choice when VOs are configured."""
+        options = await super().get_cluster_options(user)
+        if not self.vo_table or any(f.field == "vo" for f in options.fields):
+            return options
+        handler = options.handler
+
+        def without_vo(opts, user):
+            opts = FrozenAttrDict({k: v for k, v in opts.items() if k != "vo"})
+            return dict(opts) if handler is None else handler(opts, user)
+
+        vo_field = String("vo", default="", label="VO (empty: your only VO)")
+        return Options(*options.fields, vo_field, handler=without_vo)
+
     async def process_cluster_options(self, user, request):
         options = await self.get_cluster_options(user)
-        problem = explain_invalid_options(options, request)
+        problem = explain_invalid_options(options, request or {})
         if problem:
             raise PublicException(problem)
-        return await super().process_cluster_options(user, request)
+        options, config = await super().process_cluster_options(user, request or {})
+        if self.vo_table:
+            try:
+                vo = choose_vo(
+                    user.name,
+                    user.groups,
+                    options.get("vo", ""),
+                    self.vo_table,
+                    self.users_without_vo,
+                )
+            except QuotaRefused as exc:
+                self.quota_refusals[(options.get("vo") or "", "membership")] += 1
+                raise PublicException(str(exc)) from None
+            options = {**options, "vo": vo.name}
+            if vo.max_workers_per_cluster is not None:
+                current = config.cluster_max_workers
+                limit = vo.max_workers_per_cluster
+                config.cluster_max_workers = limit if current is None else min(current, limit)
+        return options, config
+
+    def vo_of(self, cluster: Cluster) -> VO | None:
+        return self.vo_table.get(cluster.options.get("vo") or "")
+
+    def usage_of(self, vo: VO) -> Usage:
+        return vo_usage(c for c in self.db.active_clusters() if c.options.get("vo") == vo.name).get(
+            vo.name, Usage()
+        )
+
+    async def start_cluster(self, user, cluster_options):
+        options, config = await self.process_cluster_options(user, cluster_options)
+        config_dict = config.to_dict()
+        vo = self.vo_table.get(options.get("vo") or "")
+        # No await between the check and the record: concurrent requests cannot both pass.
+        if vo is not None:
+            try:
+                check_new_cluster(vo, self.usage_of(vo), user.name, FrozenAttrDict(config_dict))
+            except QuotaRefused as exc:
+                self.quota_refusals[(vo.name, "cluster")] += 1
+                raise PublicException(str(exc)) from None
+        cluster = self.db.create_cluster(user.name, options, config_dict)
+        self.log.info(
+            "Created cluster %s for user %s (VO %s)", cluster.name, user.name, options.get("vo")
+        )
+        self.queue.put(cluster)
+        return cluster.name
+
+    def quota_message(self, cluster: Cluster, wanted: int) -> str | None:
+        """What the VO grants of ``wanted`` workers now, for the scale/adapt response."""
+        vo = self.vo_of(cluster)
+        if vo is None:
+            return None
+        parts = []
+        target = wanted
+        if vo.max_workers_per_cluster is not None and wanted > vo.max_workers_per_cluster:
+            target = vo.max_workers_per_cluster
+            parts.append(
+                f"VO {vo.name}: max_workers_per_cluster={target}, so {wanted} requested "
+                f"becomes {target}."
+            )
+        usage = self.usage_of(vo)
+        room, binding = workers_grantable(vo, usage, cluster.config)
+        active = len(cluster.active_workers())
+        if room is not None and active + room < target:
+            granted = active + room
+            parts.append(
+                f"VO {vo.name}: {describe_limit(vo, binding, usage)}; granted {granted} of "
+                f"{target} workers now, the other {target - granted} start by themselves "
+                "when the VO's usage drops."
+            )
+            self.quota_refusals[(vo.name, "workers")] += 1
+        return " ".join(parts) or None
 
     # -- pools and placement ------------------------------------------------------------
     def pool_of(self, worker: Worker) -> WorkerPool:
@@ -234,21 +381,46 @@ class ElasticBackend(DBBackendBase):
             return
         missing = cluster.count - len(cluster.active_workers())
         if missing <= 0:
-            self._waiting_for_capacity.discard(cluster.name)
+            self._waiting.pop(cluster.name, None)
             return
+        wanted = missing
+        vo = self.vo_of(cluster)
+        if vo is not None:
+            usage = self.usage_of(vo)
+            room, binding = workers_grantable(vo, usage, cluster.config)
+            if room is not None and room < missing:
+                missing = room
+                self._note_waiting(
+                    cluster,
+                    f"{wanted - room} worker(s) wait for VO {vo.name} quota "
+                    f"({describe_limit(vo, binding, usage)})",
+                )
         plan = ordered_spill(self.pools_for(cluster), self.pool_usage(), missing)
         placed = sum(k for _, k in plan)
         if placed < missing:
-            self._waiting_for_capacity.add(cluster.name)
-            self.events.add(
-                cluster.name,
+            self._note_waiting(
+                cluster,
                 f"{missing - placed} worker(s) wait for room: every pool this cluster may use "
                 "is at its max_workers",
             )
-        else:
-            self._waiting_for_capacity.discard(cluster.name)
+        elif placed == wanted:
+            self._waiting.pop(cluster.name, None)
         for pool, k in plan:
             await self._start_batch(cluster, pool, k)
+
+    def _note_waiting(self, cluster: Cluster, why: str) -> None:
+        if cluster.name not in self._waiting:
+            self._waiting[cluster.name] = None
+            self.events.add(cluster.name, why)
+
+    def _wake_waiting(self) -> None:
+        """Resources freed: let clusters below their requested size grow, in request order."""
+        for name in list(self._waiting):
+            cluster = self.db.get_cluster(name)
+            if cluster is not None and cluster.target == JobStatus.RUNNING:
+                self.queue.put(cluster)
+            else:
+                self._waiting.pop(name, None)
 
     def _create_workers(self, cluster: Cluster, pool: WorkerPool, n: int) -> list[Worker]:
         """Create ``n`` worker records in one transaction, already placed in ``pool``."""
@@ -311,14 +483,12 @@ class ElasticBackend(DBBackendBase):
     async def _worker_to_stopped(self, worker: Worker) -> None:
         await super()._worker_to_stopped(worker)
         self.worker_conditions.pop(worker.name, None)
-        if self._waiting_for_capacity:
-            # A pool slot freed up: clusters waiting for room may grow now.
-            for name in list(self._waiting_for_capacity):
-                cluster = self.db.get_cluster(name)
-                if cluster is not None and cluster.target == JobStatus.RUNNING:
-                    self.queue.put(cluster)
-                else:
-                    self._waiting_for_capacity.discard(name)
+        self._wake_waiting()
+
+    async def _cluster_to_stopped(self, cluster: Cluster) -> None:
+        await super()._cluster_to_stopped(cluster)
+        self._waiting.pop(cluster.name, None)
+        self._wake_waiting()
 
     # -- DBBackendBase hooks ---------------------------------------------------------------
     async def do_start_cluster(self, cluster: Cluster):
