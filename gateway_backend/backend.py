@@ -30,7 +30,7 @@ from traitlets.utils.importstring import import_item
 from . import api
 from .batching import Batcher
 from .events import EventLog
-from .launchers import LAUNCHER_CLASSES, Launcher, WorkerCheck, WorkerPhase
+from .launchers import LAUNCHER_CLASSES, Launcher, LauncherUnavailable, WorkerCheck, WorkerPhase
 from .options import default_cluster_options, explain_invalid_options
 from .placement import ordered_spill
 from .pools import ConfigError, WorkerPool, parse_pool_specs
@@ -151,6 +151,13 @@ class ElasticBackend(DBBackendBase):
         Seconds to collect worker stop requests before sending them to a launcher
         as one call (one ``condor_rm`` constraint, one round of pod deletions).
         """,
+        config=True,
+    )
+
+    launcher_retry_delay = Float(
+        5.0,
+        min=0.1,
+        help="Seconds before retrying to start workers in a pool whose service was unreachable.",
         config=True,
     )
 
@@ -450,6 +457,26 @@ class ElasticBackend(DBBackendBase):
                 states = await pool.launcher.start_workers(cluster, workers)
         except asyncio.CancelledError:
             raise
+        except LauncherUnavailable as exc:
+            # The pool's service is down, not the workers' fault: retry, do not count.
+            self.events.add(
+                cluster.name,
+                f"pool {pool.name} is unavailable ({exc}); retrying in "
+                f"{self.launcher_retry_delay:g}s",
+                "warning",
+            )
+            stopped = {
+                "status": JobStatus.SUBMITTED,
+                "target": JobStatus.STOPPED,
+                "close_expected": True,
+            }
+            self.db.update_workers([(w, dict(stopped)) for w in workers])
+            for w in workers:
+                self.queue.put(w)
+            asyncio.get_running_loop().call_later(
+                self.launcher_retry_delay, self.queue.put, cluster
+            )
+            return
         except Exception as exc:
             reason = f"pool {pool.name} could not start {n} worker(s): {exc}"
             self.log.warning("Cluster %s: %s", cluster.name, reason, exc_info=exc)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Launcher, WorkerCheck, WorkerPhase
+from .base import Launcher, LauncherUnavailable, WorkerCheck, WorkerPhase
 
 # Short names admins may use in ``ElasticBackend.worker_pools`` and
 # ``ElasticBackend.scheduler_launcher``; anything else is an import path.
@@ -12,4 +12,4 @@ LAUNCHER_CLASSES = {
     "kubernetes": "gateway_backend.launchers.kubernetes.KubernetesLauncher",
 }
 
-__all__ = ["LAUNCHER_CLASSES", "Launcher", "WorkerCheck", "WorkerPhase"]
+__all__ = ["LAUNCHER_CLASSES", "Launcher", "LauncherUnavailable", "WorkerCheck", "WorkerPhase"]

@@ -9,6 +9,7 @@ asked once per period about everything it runs for this gateway.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,6 +20,28 @@ if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster, Worker
 
     from ..backend import ElasticBackend
+
+
+LOG_TAIL_BYTES = 2000
+
+
+def log_tail(path: str) -> str:
+    """The end of a log file (empty if it does not exist), for failure reasons."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+class LauncherUnavailable(Exception):
+    """The launcher's service (schedd, API server) cannot be reached right now.
+
+    Not the workers' fault: the backend retries later and does not count it
+    towards a cluster's worker failure limit.
+    """
 
 
 class WorkerPhase(enum.Enum):

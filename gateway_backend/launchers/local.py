@@ -29,9 +29,7 @@ from ..commands import (
     worker_command,
     worker_env,
 )
-from .base import Launcher, WorkerCheck, WorkerPhase
-
-LOG_TAIL_BYTES = 2000
+from .base import Launcher, WorkerCheck, WorkerPhase, log_tail
 
 
 def _process_alive(state: dict[str, Any]) -> bool:
@@ -46,16 +44,6 @@ def _process_alive(state: dict[str, Any]) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _log_tail(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
-            return f.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
 
 
 class LocalLauncher(Launcher):
@@ -211,7 +199,7 @@ class LocalLauncher(Launcher):
             if _process_alive(w.state):
                 out.append(WorkerCheck(WorkerPhase.RUNNING))
                 continue
-            tail = _log_tail(self.log_path(w.cluster, w.state.get("log", "")))
+            tail = log_tail(self.log_path(w.cluster, w.state.get("log", "")))
             last = tail.splitlines()[-1] if tail else "no output"
             out.append(WorkerCheck(WorkerPhase.FAILED, f"worker process exited: {last}"))
         return out

@@ -359,7 +359,7 @@ def expand_submit(
             }
             for k, v in live.items():
                 expander[k] = v
-            expanded = {k: expander.expand(k) for k in keys}
+            expanded = {k: _expand_or_empty(expander, k) for k in keys}
             ads.append(_ad_from_commands(expanded, ctx, proc, spool))
             proc += 1
     return ExpandedSubmit(ads=ads, cluster_ad=_cluster_ad(ads))
@@ -530,3 +530,11 @@ def parse_ad_texts(texts: Iterable[str]) -> list[classad2.ClassAd]:
     """Parse ads sent as text back into real ``classad2.ClassAd`` objects."""
     joined = "".join(texts)
     return list(classad2.parseAds(joined)) if joined.strip() else []
+
+
+def _expand_or_empty(expander: htcondor2.Submit, key: str) -> str:
+    """``key``'s expanded value; a command given with an empty value reads as empty."""
+    try:
+        return expander.expand(key)
+    except KeyError:
+        return ""
