@@ -24,8 +24,8 @@ from dask_gateway_server.utils import FrozenAttrDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway_backend.launchers.htcondor import HTCondorLauncher  # noqa: E402
-from tests.htcondor_standin import start_standin  # noqa: E402
+from gateway_backend.launchers.htcondor import HTCondorLauncher
+from tests.htcondor_standin import start_standin
 
 CONFIG = FrozenAttrDict(
     {
