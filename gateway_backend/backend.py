@@ -126,6 +126,17 @@ class ElasticBackend(DBBackendBase):
         config=True,
     )
 
+    default_worker_pools = Dict(
+        {},
+        help="""
+        Pools a cluster uses when its owner does not choose with the cluster
+        option ``worker_pools``, per VO: ``{"cms": ["pods", "condor"], "*":
+        ["condor"]}`` (``"*"``: everyone else). In the listed order. Default:
+        every pool the VO may use, in ``worker_pools`` order.
+        """,
+        config=True,
+    )
+
     max_worker_cores = Integer(
         4,
         min=1,
@@ -164,7 +175,7 @@ class ElasticBackend(DBBackendBase):
     # -- set-up -------------------------------------------------------------------
     def _load_launchers(self) -> None:
         specs = parse_pool_specs(self.worker_pools)
-        kinds = {self.scheduler_launcher} | {kind for kind, _, _ in specs.values()}
+        kinds = {self.scheduler_launcher} | {spec.launcher for spec in specs.values()}
         self.launchers: dict[str, Launcher] = {}
         for kind in sorted(kinds):
             path = LAUNCHER_CLASSES.get(kind, kind)
@@ -179,11 +190,21 @@ class ElasticBackend(DBBackendBase):
                 raise ConfigError(f"launcher {kind!r} ({path}) is not a Launcher subclass")
             self.launchers[kind] = cls(parent=self, log=self.log)
         self.pools = [
-            WorkerPool(name, self.launchers[kind], cap, vos)
-            for name, (kind, cap, vos) in specs.items()
+            WorkerPool(
+                name, self.launchers[spec.launcher], spec.max_workers, spec.vos, spec.burst_after
+            )
+            for name, spec in specs.items()
         ]
         self.pools_by_name = {p.name: p for p in self.pools}
         self.scheduler_launcher_instance = self.launchers[self.scheduler_launcher]
+        for vo, names in self.default_worker_pools.items():
+            unknown = [n for n in names if n not in self.pools_by_name]
+            if isinstance(names, str) or unknown:
+                raise ConfigError(
+                    f"ElasticBackend.default_worker_pools[{vo!r}] must list pool names from "
+                    f"ElasticBackend.worker_pools ({', '.join(self.pools_by_name)}); "
+                    f"unknown: {unknown or names!r}"
+                )
         self._stoppers = {
             p.name: Batcher(p.launcher.stop_workers, self.stop_batch_window) for p in self.pools
         }
@@ -216,6 +237,8 @@ class ElasticBackend(DBBackendBase):
 
     async def do_setup(self) -> None:
         """After a restart: remove what runs without a record, fail records without a process."""
+        if any(p.burst_after for p in self.pools):
+            self.task_pool.spawn(self._burst_loop())
         active = list(self.db.active_clusters())
         known_clusters = {c.name for c in active}
         known_workers = {w.name for c in active for w in c.workers.values() if w.is_active()}
@@ -260,18 +283,30 @@ class ElasticBackend(DBBackendBase):
 
     # -- cluster options and quotas ----------------------------------------------------
     async def get_cluster_options(self, user):
-        """The admin's options, plus a ``vo`` choice when VOs are configured."""
+        """The admin's options, plus ``vo`` and ``worker_pools`` choices where they apply."""
         options = await super().get_cluster_options(user)
-        if not self.vo_table or any(f.field == "vo" for f in options.fields):
+        have = {f.field for f in options.fields}
+        extra = []
+        if self.vo_table and "vo" not in have:
+            extra.append(String("vo", default="", label="VO (empty: your only VO)"))
+        if len(self.pools) > 1 and "worker_pools" not in have:
+            extra.append(
+                String(
+                    "worker_pools",
+                    default="",
+                    label="Worker pools, comma-separated, in order (empty: the default)",
+                )
+            )
+        if not extra:
             return options
         handler = options.handler
+        ours = {f.field for f in extra}
 
-        def without_vo(opts, user):
-            opts = FrozenAttrDict({k: v for k, v in opts.items() if k != "vo"})
+        def without_ours(opts, user):
+            opts = FrozenAttrDict({k: v for k, v in opts.items() if k not in ours})
             return dict(opts) if handler is None else handler(opts, user)
 
-        vo_field = String("vo", default="", label="VO (empty: your only VO)")
-        return Options(*options.fields, vo_field, handler=without_vo)
+        return Options(*options.fields, *extra, handler=without_ours)
 
     async def process_cluster_options(self, user, request):
         options = await self.get_cluster_options(user)
@@ -292,11 +327,27 @@ class ElasticBackend(DBBackendBase):
                 self.quota_refusals[(options.get("vo") or "", "membership")] += 1
                 raise PublicException(str(exc)) from None
             options = {**options, "vo": vo.name}
+            self._check_requested_pools(options, vo.name)
             if vo.max_workers_per_cluster is not None:
                 current = config.cluster_max_workers
                 limit = vo.max_workers_per_cluster
                 config.cluster_max_workers = limit if current is None else min(current, limit)
+        else:
+            self._check_requested_pools(options, None)
         return options, config
+
+    def _requested_pools(self, options) -> list[str]:
+        raw = options.get("worker_pools") or ""
+        return [name.strip() for name in raw.split(",") if name.strip()]
+
+    def _check_requested_pools(self, options, vo: str | None) -> None:
+        allowed = [p.name for p in self.pools if p.allows(vo)]
+        bad = [n for n in self._requested_pools(options) if n not in allowed]
+        if bad:
+            raise PublicException(
+                f"worker_pools: {', '.join(map(repr, bad))} is not a pool you may use; "
+                f"choose from: {', '.join(allowed) or 'none'}"
+            )
 
     def vo_of(self, cluster: Cluster) -> VO | None:
         return self.vo_table.get(cluster.options.get("vo") or "")
@@ -356,8 +407,14 @@ class ElasticBackend(DBBackendBase):
         return self.pools_by_name.get(worker.state.get("pool"), self.pools[0])
 
     def pools_for(self, cluster: Cluster) -> list[WorkerPool]:
-        """Pools this cluster may use, in placement order."""
-        return [p for p in self.pools if p.allows(cluster.options.get("vo"))]
+        """Pools this cluster places workers in, in order: the owner's choice, else the default."""
+        vo = cluster.options.get("vo")
+        allowed = {p.name: p for p in self.pools if p.allows(vo)}
+        names = self._requested_pools(cluster.options)
+        if not names:
+            defaults = self.default_worker_pools
+            names = defaults.get(vo or "", defaults.get("*", list(allowed)))
+        return [allowed[n] for n in names if n in allowed]
 
     def pool_usage(self) -> dict[str, int]:
         """Active workers per pool over all clusters."""
@@ -428,6 +485,63 @@ class ElasticBackend(DBBackendBase):
                 self.queue.put(cluster)
             else:
                 self._waiting.pop(name, None)
+
+    async def _burst_loop(self) -> None:
+        period = min(p.burst_after for p in self.pools if p.burst_after) / 4
+        while True:
+            await asyncio.sleep(max(0.2, min(period, self.worker_status_period)))
+            try:
+                await self.burst_pending_workers()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.warning("Moving pending workers to other pools failed", exc_info=True)
+
+    async def burst_pending_workers(self) -> None:
+        """Move workers pending longer than their pool's ``burst_after`` to the next pool.
+
+        The pending worker is withdrawn and a new one started in the first later
+        pool (of the cluster's pools) with room, in the same step, so the cluster's
+        size and VO usage do not change.
+        """
+        now = timestamp()
+        for cluster in list(self.db.active_clusters()):
+            if cluster.status != JobStatus.RUNNING or cluster.target != JobStatus.RUNNING:
+                continue
+            pools = self.pools_for(cluster)
+            moves: dict[str, list[Worker]] = defaultdict(list)
+            usage = self.pool_usage()
+            for w in list(cluster.workers.values()):
+                pool = self.pool_of(w)
+                if (
+                    w.status != JobStatus.SUBMITTED
+                    or w.target != JobStatus.RUNNING
+                    or not pool.burst_after
+                    or now - w.start_time < pool.burst_after * 1000
+                    or pool not in pools
+                ):
+                    continue
+                later = pools[pools.index(pool) + 1 :]
+                plan = ordered_spill(later, usage, 1)
+                if not plan:
+                    continue  # nowhere to go: it stays pending where it is
+                target = plan[0][0]
+                usage[target.name] = usage.get(target.name, 0) + 1
+                moves[target.name].append(w)
+            for target_name, stuck in moves.items():
+                self.db.update_workers(
+                    [(w, {"target": JobStatus.STOPPED, "close_expected": True}) for w in stuck]
+                )
+                for w in stuck:
+                    self.queue.put(w)
+                    condition = self.worker_conditions.get(w.name)
+                    why = f" ({condition.reason})" if condition and condition.reason else ""
+                    self.events.add(
+                        cluster.name,
+                        f"worker {w.name} pending in pool {self.pool_of(w).name} for more than "
+                        f"{self.pool_of(w).burst_after:g}s{why}: moved to pool {target_name}",
+                    )
+                await self._start_batch(cluster, self.pools_by_name[target_name], len(stuck))
 
     def _create_workers(self, cluster: Cluster, pool: WorkerPool, n: int) -> list[Worker]:
         """Create ``n`` worker records in one transaction, already placed in ``pool``."""

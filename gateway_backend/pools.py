@@ -8,7 +8,7 @@ from typing import Any
 
 from .launchers.base import Launcher
 
-POOL_KEYS = {"launcher", "max_workers", "vos"}
+POOL_KEYS = {"launcher", "max_workers", "vos", "burst_after"}
 
 
 class ConfigError(ValueError):
@@ -23,6 +23,7 @@ class WorkerPool:
     launcher: Launcher
     max_workers: int | None = None
     vos: frozenset[str] = field(default_factory=frozenset)
+    burst_after: float | None = None
 
     def allows(self, vo: str | None) -> bool:
         """Whether clusters of ``vo`` may place workers here (no list means everyone)."""
@@ -35,8 +36,20 @@ class WorkerPool:
         return max(0, self.max_workers - in_use)
 
 
-def parse_pool_specs(specs: Mapping[str, Any], trait: str = "ElasticBackend.worker_pools") -> dict:
-    """Validate the admin's pool dict; return {name: (launcher kind, max_workers, vos)}."""
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool as the admin wrote it, validated; the launcher is still a name."""
+
+    launcher: str
+    max_workers: int | None
+    vos: frozenset[str]
+    burst_after: float | None
+
+
+def parse_pool_specs(
+    specs: Mapping[str, Any], trait: str = "ElasticBackend.worker_pools"
+) -> dict[str, PoolSpec]:
+    """Validate the admin's pool dict, keeping its order (the placement order)."""
     if not specs:
         raise ConfigError(f"{trait} is empty: define at least one pool, e.g. {{'local': {{}}}}")
     out = {}
@@ -62,5 +75,12 @@ def parse_pool_specs(specs: Mapping[str, Any], trait: str = "ElasticBackend.work
         vos = spec.get("vos", [])
         if isinstance(vos, str) or not all(isinstance(v, str) for v in vos):
             raise ConfigError(f"{where}['vos'] must be a list of VO names, got {vos!r}")
-        out[name] = (kind, cap, frozenset(vos))
+        burst = spec.get("burst_after")
+        if burst is not None and (
+            not isinstance(burst, int | float) or isinstance(burst, bool) or burst <= 0
+        ):
+            raise ConfigError(
+                f"{where}['burst_after'] must be a positive number of seconds, got {burst!r}"
+            )
+        out[name] = PoolSpec(kind, cap, frozenset(vos), burst)
     return out

@@ -11,7 +11,7 @@ from gateway_backend.batching import Batcher
 from gateway_backend.commands import proxy_sni, worker_command, worker_env
 from gateway_backend.options import default_cluster_options, explain_invalid_options
 from gateway_backend.placement import ordered_spill
-from gateway_backend.pools import ConfigError, WorkerPool, parse_pool_specs
+from gateway_backend.pools import ConfigError, PoolSpec, WorkerPool, parse_pool_specs
 
 
 def pool(name: str, cap: int | None = None, vos=()) -> WorkerPool:
@@ -19,7 +19,7 @@ def pool(name: str, cap: int | None = None, vos=()) -> WorkerPool:
 
 
 def test_pool_specs_default_to_the_local_launcher_without_cap():
-    assert parse_pool_specs({"here": {}}) == {"here": ("local", None, frozenset())}
+    assert parse_pool_specs({"here": {}}) == {"here": PoolSpec("local", None, frozenset(), None)}
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,7 @@ def test_pool_specs_default_to_the_local_launcher_without_cap():
         ({"p": {"max_workers": -1}}, "['p']['max_workers'] must be a non-negative integer"),
         ({"p": {"vos": "cms"}}, "['p']['vos'] must be a list of VO names"),
         ({"p": []}, "['p'] must be a dict of settings"),
+        ({"p": {"burst_after": 0}}, "['p']['burst_after'] must be a positive number of seconds"),
     ],
 )
 def test_bad_pool_specs_name_the_key(specs, message):

@@ -1,0 +1,20 @@
+"""Launchers for tests: importable by path from a gateway config (``tests.support_launchers``)."""
+
+from __future__ import annotations
+
+from traitlets import Float
+
+from gateway_backend.launchers.local import LocalLauncher
+
+
+class SlowLocalLauncher(LocalLauncher):
+    """Local workers that take ``start_delay`` seconds before they join: a slow pool."""
+
+    kind = "slow-local"
+
+    start_delay = Float(60.0, help="Seconds each worker waits before starting.", config=True)
+
+    def _spawn(self, cluster, cmd, env, name):
+        if name.startswith("worker-"):
+            cmd = ["sh", "-c", 'sleep "$0"; exec "$@"', str(self.start_delay), *cmd]
+        return super()._spawn(cluster, cmd, env, name)

@@ -1,0 +1,100 @@
+"""Placement across worker pools, end to end with local pools (different caps, one slow)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import http, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SLOW = "tests.support_launchers.SlowLocalLauncher"
+
+
+def workers_of(cluster) -> int:
+    return len(cluster.scheduler_info.get("workers", {}))
+
+
+def running_per_pool(gw, cluster) -> dict[str, int]:
+    return {name: p["running"] for name, p in gw.cluster_details(cluster.name)["pools"].items()}
+
+
+def test_ordered_spill_fills_the_first_pool_to_its_cap_then_the_next(gateways):
+    gateway = gateways.start(
+        'c.ElasticBackend.worker_pools = {"first": {"max_workers": 2}, "second": {}}\n'
+    )
+    gw = gateways.client(gateway)
+    try:
+        cluster = gw.new_cluster()
+        cluster.scale(5)
+        wait_for(lambda: workers_of(cluster) == 5, what="5 workers")
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"first": 2, "second": 3},
+            what="2 workers in the first pool and 3 in the second",
+        )
+        client = cluster.get_client()
+        futures = client.map(lambda i: i * i, range(200), pure=False)
+        assert sum(client.gather(futures)) == sum(i * i for i in range(200))
+        client.close()
+        assert "2 running" in repr(cluster) and "3 running" in repr(cluster)
+        cluster.scale(0)
+        wait_for(lambda: workers_of(cluster) == 0, what="scale to 0")
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"first": 0, "second": 0},
+            what="no workers in any pool",
+        )
+        cluster.shutdown()
+    finally:
+        gw.close()
+
+
+def test_a_worker_pending_too_long_moves_to_the_next_pool(gateways):
+    gateway = gateways.start(
+        f'c.ElasticBackend.worker_pools = {{"slow": {{"launcher": "{SLOW}", "burst_after": 3}},'
+        ' "fast": {}}\n'
+        "c.SlowLocalLauncher.start_delay = 120\n"
+    )
+    gw = gateways.client(gateway)
+    try:
+        cluster = gw.new_cluster()
+        cluster.scale(2)
+        details = gw.cluster_details(cluster.name)
+        assert details["pools"]["slow"]["pending"] == 2
+        wait_for(lambda: workers_of(cluster) == 2, timeout=40, what="2 workers via the fast pool")
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"slow": 0, "fast": 2},
+            what="both workers in the fast pool",
+        )
+        details = gw.cluster_details(cluster.name)
+        assert details["pools"]["slow"]["pending"] == 0  # the stuck ones were withdrawn
+        moved = [e for e in details["events"] if "moved to pool fast" in e["message"]]
+        assert len(moved) == 2
+        cluster.shutdown()
+    finally:
+        gw.close()
+
+
+def test_users_choose_their_pools_with_the_worker_pools_option(gateways):
+    gateway = gateways.start(
+        'c.ElasticBackend.worker_pools = {"first": {"max_workers": 1}, "second": {}}\n'
+    )
+    status, body = http(
+        gateway, "POST", "/api/v1/clusters/", {"cluster_options": {"worker_pools": "third"}}
+    )
+    assert status == 422
+    assert (
+        "worker_pools: 'third' is not a pool you may use; choose from: first, second"
+        in (body["error"])
+    )
+    gw = gateways.client(gateway)
+    try:
+        cluster = gw.new_cluster(worker_pools="second")
+        cluster.scale(2)
+        wait_for(lambda: workers_of(cluster) == 2, what="2 workers")
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"second": 2},
+            what="workers only in the chosen pool",
+        )
+        cluster.shutdown()
+    finally:
+        gw.close()
