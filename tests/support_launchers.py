@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from traitlets import Float
+from traitlets import Bool, Float
 
 from gateway_backend.launchers.local import LocalLauncher
 
@@ -13,6 +13,8 @@ class SlowLocalLauncher(LocalLauncher):
     kind = "slow-local"
 
     start_delay = Float(60.0, help="Seconds each worker waits before starting.", config=True)
+
+    fork_server = Bool(False, help="Off: the delay wraps the spawned command.", config=True)
 
     def _spawn(self, cluster, cmd, env, name):
         if name.startswith("worker-"):

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psutil
-from traitlets import Float, List, Unicode, default
+from traitlets import Bool, Float, List, Unicode, default
 
 from ..commands import (
     CERT_FILE,
@@ -30,6 +30,7 @@ from ..commands import (
     worker_env,
 )
 from .base import Launcher, WorkerCheck, WorkerPhase, log_tail
+from .forkserver import ForkServer
 
 
 def _process_alive(state: dict[str, Any]) -> bool:
@@ -76,6 +77,28 @@ class LocalLauncher(Launcher):
         config=True,
     )
 
+    fork_server = Bool(
+        True,
+        help="""
+        Start schedulers and workers by forking a process that has already
+        imported distributed, instead of a new ``dask scheduler``/``dask worker``
+        process each: cluster start and scale-up no longer pay an interpreter
+        start and import per process. Used when the cluster's ``scheduler_cmd``/
+        ``worker_cmd`` are the defaults.
+        """,
+        config=True,
+    )
+
+    nanny_start_method = Unicode(
+        "fork",
+        help="""
+        ``distributed.worker.multiprocessing-method`` for workers started by the
+        fork server: ``fork`` lets each nanny fork its worker (fast) instead of
+        starting a new interpreter (``spawn``, distributed's default).
+        """,
+        config=True,
+    )
+
     host = Unicode(
         "127.0.0.1",
         help="Address schedulers and workers listen on. Keep it on loopback unless "
@@ -88,6 +111,14 @@ class LocalLauncher(Launcher):
         os.makedirs(self.work_directory, mode=0o700, exist_ok=True)
         # Popen objects of processes this gateway process started, so they get reaped.
         self._children: dict[int, subprocess.Popen] = {}
+        self._fork_server = ForkServer(self._base_env()) if self.fork_server else None
+        if self._fork_server is not None:
+            self._warm_up = asyncio.ensure_future(self._fork_server.start())
+
+    async def cleanup(self) -> None:
+        if self._fork_server is not None:
+            await asyncio.gather(self._warm_up, return_exceptions=True)
+            await self._fork_server.close()
 
     # -- helpers ----------------------------------------------------------------
     def cluster_directory(self, cluster) -> str:
@@ -167,7 +198,13 @@ class LocalLauncher(Launcher):
         env = scheduler_env(
             cluster, api_url=self.backend.api_url, cert_path=cert_path, key_path=key_path
         )
-        state = self._spawn(cluster, cmd, env, "scheduler")
+        prefix = ["dask", "scheduler"]
+        if self._fork_server is not None and list(cluster.config.scheduler_cmd) == prefix:
+            [state] = await self._fork(
+                cluster, "scheduler", [cmd[len(prefix) :]], env, ["scheduler"]
+            )
+        else:
+            state = self._spawn(cluster, cmd, env, "scheduler")
         yield {"workdir": self.cluster_directory(cluster), **state}
 
     async def stop_scheduler(self, cluster) -> None:
@@ -183,10 +220,45 @@ class LocalLauncher(Launcher):
     async def start_workers(self, cluster, workers) -> list[dict[str, Any]]:
         cert_path, key_path = self._tls_paths(cluster)
         env = worker_env(cluster, cert_path=cert_path, key_path=key_path)
+        commands = [
+            worker_command(cluster, w.name, cluster.scheduler_address, host=self.host)
+            for w in workers
+        ]
+        prefix = ["dask", "worker"]
+        if self._fork_server is not None and list(cluster.config.worker_cmd) == prefix:
+            argvs = [cmd[len(prefix) :] for cmd in commands]
+            logs = [f"worker-{w.name}" for w in workers]
+            return await self._fork(cluster, "worker", argvs, env, logs)
+        return [
+            self._spawn(cluster, cmd, env, f"worker-{w.name}")
+            for w, cmd in zip(workers, commands, strict=True)
+        ]
+
+    async def _fork(self, cluster, program: str, argvs, env, logs: list[str]) -> list[dict]:
+        """Start processes of ``program`` through the fork server, one per argv."""
+        full_env = {
+            **self._base_env(),
+            "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": self.nanny_start_method,
+            **env,
+        }
+        requests = [
+            {
+                "program": program,
+                "argv": argv,
+                "env": full_env,
+                "cwd": self.cluster_directory(cluster),
+                "log": self.log_path(cluster, log),
+            }
+            for argv, log in zip(argvs, logs, strict=True)
+        ]
+        pids = await self._fork_server.spawn_many(requests)
         states = []
-        for worker in workers:
-            cmd = worker_command(cluster, worker.name, cluster.scheduler_address, host=self.host)
-            states.append(self._spawn(cluster, cmd, env, f"worker-{worker.name}"))
+        for pid, log in zip(pids, logs, strict=True):
+            try:
+                create_time = psutil.Process(pid).create_time()
+            except psutil.Error:
+                create_time = 0.0  # already gone: the status check reports its log
+            states.append({"pid": pid, "create_time": create_time, "log": log})
         return states
 
     async def stop_workers(self, workers) -> None:

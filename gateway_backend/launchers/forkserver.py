@@ -1,0 +1,163 @@
+"""A pre-imported process that forks local Dask schedulers and workers.
+
+Starting ``dask worker`` costs an interpreter start and the import of
+distributed, twice with a nanny (the nanny spawns its worker). On a laptop or
+login node that cost dominates scale-up. The fork server imports distributed
+once; each worker is a ``fork`` of it that sets its own session, directory,
+log and environment and runs distributed's own ``dask worker`` entry point.
+With ``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork`` in the server's
+environment, the nanny forks its worker too.
+
+Protocol: one JSON request per line on stdin (``{"program": "worker" |
+"scheduler", "argv": [...], "env": {...}, "cwd": str, "log": str}``), one JSON answer
+per line on stdout (``{"pid": int}`` or ``{"error": str}``). The server exits
+when stdin closes (the gateway went away); the workers, in their own sessions,
+keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+
+def _reap(signum, frame) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+PROGRAMS = {
+    "worker": ("distributed.cli.dask_worker", "dask worker"),
+    "scheduler": ("distributed.cli.dask_scheduler", "dask scheduler"),
+}
+
+
+def _run(request: dict[str, Any]) -> None:
+    """In the forked child: become the program described by ``request``; never returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the nanny waits for its own child
+        os.setsid()
+        os.chdir(request["cwd"])
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        import dask.config
+
+        dask.config.refresh()  # TLS paths and the like come from this worker's environment
+        import importlib
+
+        module, prog = PROGRAMS[request.get("program", "worker")]
+        main = importlib.import_module(module).main
+        sys.argv = [prog, *request["argv"]]
+        main(args=request["argv"], prog_name=prog, standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def serve() -> None:
+    """The server loop (``python -m gateway_backend.launchers.forkserver``)."""
+    # The point: import once, before forking.
+    import dask_gateway.scheduler_preload  # noqa: F401
+    import distributed.cli.dask_scheduler
+    import distributed.cli.dask_worker  # noqa: F401
+
+    signal.signal(signal.SIGCHLD, _reap)
+    out = sys.stdout
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            pid = os.fork()
+        except Exception as exc:
+            out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            out.flush()
+            continue
+        if pid == 0:
+            _run(request)
+        out.write(json.dumps({"pid": pid}) + "\n")
+        out.flush()
+
+
+class ForkServer:
+    """The gateway's handle on a fork server process."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the server now (it takes an import of distributed), not at the first fork."""
+        async with self._lock:
+            await self._ensure_started()
+
+    async def _ensure_started(self) -> asyncio.subprocess.Process:
+        if self.proc is not None and self.proc.returncode is None:
+            return self.proc
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway_backend.launchers.forkserver",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=self.env,
+            start_new_session=True,
+        )
+        ready = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not ready:
+            raise RuntimeError("the worker fork server exited while starting")
+        return self.proc
+
+    async def spawn_many(self, requests: list[dict[str, Any]]) -> list[int]:
+        """Fork one process per request, all in one exchange; returns their pids in order."""
+        async with self._lock:
+            proc = await self._ensure_started()
+            proc.stdin.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+            await proc.stdin.drain()
+            pids = []
+            for _ in requests:
+                line = await asyncio.wait_for(proc.stdout.readline(), 30)
+                if not line:
+                    raise RuntimeError("the worker fork server exited")
+                answer = json.loads(line)
+                if "error" in answer:
+                    raise RuntimeError(f"fork server: {answer['error']}")
+                pids.append(answer["pid"])
+            return pids
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+if __name__ == "__main__":
+    serve()
