@@ -113,7 +113,14 @@ def run_demo(n_workers: int = 4, keep_state: bool = False) -> int:
                 f"{len(used)} workers: {int(total.sum()):,} pairs in 60-120 GeV, "
                 f"peak at {peak:.1f} GeV (Z boson: {Z_MASS} GeV)"
             )
-            print(f"Workers per pool: {cluster.pool_summary()}")
+            # The gateway learns that workers joined at the scheduler's next heartbeat.
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                pools = cluster.pool_summary()
+                if sum(p["running"] for p in pools.values()) >= n_workers:
+                    break
+                time.sleep(0.25)
+            print(f"Workers per pool, as the gateway sees them: {pools}")
             t0 = time.monotonic()
             cluster.shutdown()
             timings["cluster shutdown"] = time.monotonic() - t0
