@@ -24,7 +24,7 @@ from dask_gateway_server.backends.db_base import workers as workers_table
 from dask_gateway_server.options import Options, String
 from dask_gateway_server.traitlets import Type
 from dask_gateway_server.utils import FrozenAttrDict, timestamp
-from traitlets import Dict, Float, Integer, TraitError, Unicode, default, validate
+from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.utils.importstring import import_item
 
 from . import api
@@ -45,6 +45,7 @@ from .quotas import (
     vo_usage,
     workers_grantable,
 )
+from .scale_down import choose_running_to_retire, retire_on_scheduler
 
 
 class ElasticBackend(DBBackendBase):
@@ -134,6 +135,25 @@ class ElasticBackend(DBBackendBase):
         ["condor"]}`` (``"*"``: everyone else). In the listed order. Default:
         every pool the VO may use, in ``worker_pools`` order.
         """,
+        config=True,
+    )
+
+    scale_down_order = List(
+        Unicode(),
+        [],
+        help="""
+        Pools whose running workers leave first when a user scales a cluster
+        down (after its pending workers), e.g. ``["condor", "pods"]``. Pools not
+        listed follow in reverse placement order; default: reverse placement
+        order, so the pools a cluster spilled into are released first.
+        Adaptive scale-down is left to the scheduler's own choice.
+        """,
+        config=True,
+    )
+
+    retire_timeout = Float(
+        60.0,
+        help="Seconds the scheduler may take to retire workers (moving their data).",
         config=True,
     )
 
@@ -228,6 +248,8 @@ class ElasticBackend(DBBackendBase):
         self.worker_conditions: dict[str, WorkerCheck] = {}
         # Clusters with fewer workers than requested (pools full, VO quota), in request order.
         self._waiting: dict[str, None] = {}
+        # Scale-downs in progress: cluster name -> (count, deadline), see scale_down_by_pool.
+        self._scale_targets: dict[str, tuple[int, float]] = {}
         self.quota_refusals: dict[tuple[str, str], int] = defaultdict(int)
         self._load_launchers()
         for launcher in self.launchers.values():
@@ -471,6 +493,51 @@ class ElasticBackend(DBBackendBase):
             self._waiting.pop(cluster.name, None)
         for pool, k in plan:
             await self._start_batch(cluster, pool, k)
+
+    async def scale_down_by_pool(self, cluster: Cluster, count: int) -> None:
+        """Before a user's ``scale(count)`` reaches the scheduler, retire running workers in
+        pool order so the scheduler finds nothing left to choose."""
+        self._scale_targets.pop(cluster.name, None)
+        active = cluster.active_workers()
+        running = [w for w in active if w.status == JobStatus.RUNNING]
+        pending = len(active) - len(running)
+        k = len(running) + pending - count - pending  # pending ones go first, upstream's rule
+        if k <= 0 or not cluster.scheduler_address:
+            return
+        order = list(self.scale_down_order)
+        order += [p.name for p in reversed(self.pools_for(cluster)) if p.name not in order]
+        chosen = choose_running_to_retire(running, lambda w: self.pool_of(w).name, order, k)
+        self.db.update_workers([(w, {"close_expected": True}) for w in chosen])
+        loop = asyncio.get_running_loop()
+        self._scale_targets[cluster.name] = (count, loop.time() + self.retire_timeout + 30)
+        try:
+            await retire_on_scheduler(cluster, [w.name for w in chosen], self.retire_timeout)
+        except Exception as exc:
+            self.log.warning(
+                "Cluster %s: retiring %d workers by pool order failed (%s); the scheduler "
+                "chooses instead",
+                cluster.name,
+                len(chosen),
+                exc,
+            )
+            self._scale_targets.pop(cluster.name, None)
+        else:
+            pools = sorted({self.pool_of(w).name for w in chosen})
+            self.events.add(
+                cluster.name, f"scale-down retired {len(chosen)} worker(s) from {', '.join(pools)}"
+            )
+
+    async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
+        target = self._scale_targets.get(cluster_name)
+        if target is not None:
+            count, deadline = target
+            if msg["count"] == count or asyncio.get_running_loop().time() > deadline:
+                self._scale_targets.pop(cluster_name, None)
+            elif msg["count"] > count:
+                # The scheduler retired workers for a scale-down it has not been told of yet:
+                # do not replace them.
+                msg = {**msg, "count": count}
+        await super().on_cluster_heartbeat(cluster_name, msg)
 
     def _note_waiting(self, cluster: Cluster, why: str) -> None:
         if cluster.name not in self._waiting:

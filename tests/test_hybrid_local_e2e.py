@@ -58,8 +58,10 @@ def test_a_worker_pending_too_long_moves_to_the_next_pool(gateways):
     try:
         cluster = gw.new_cluster()
         cluster.scale(2)
-        details = gw.cluster_details(cluster.name)
-        assert details["pools"]["slow"]["pending"] == 2
+        wait_for(
+            lambda: gw.cluster_details(cluster.name)["pools"]["slow"]["pending"] == 2,
+            what="2 workers pending in the slow pool",
+        )
         wait_for(lambda: workers_of(cluster) == 2, timeout=40, what="2 workers via the fast pool")
         wait_for(
             lambda: running_per_pool(gw, cluster) == {"slow": 0, "fast": 2},
@@ -95,6 +97,55 @@ def test_users_choose_their_pools_with_the_worker_pools_option(gateways):
             lambda: running_per_pool(gw, cluster) == {"second": 2},
             what="workers only in the chosen pool",
         )
+        cluster.shutdown()
+    finally:
+        gw.close()
+
+
+def test_scale_down_releases_the_pool_spilled_into_first(gateways):
+    gateway = gateways.start(
+        'c.ElasticBackend.worker_pools = {"first": {"max_workers": 2}, "second": {}}\n'
+    )
+    gw = gateways.client(gateway)
+    try:
+        cluster = gw.new_cluster()
+        cluster.scale(4)
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"first": 2, "second": 2},
+            what="2 + 2 workers",
+        )
+        cluster.scale(2)
+        wait_for(lambda: workers_of(cluster) == 2, what="scale down to 2")
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"first": 2, "second": 0},
+            what="the second pool's workers to be the ones retired",
+        )
+        events = [e["message"] for e in gw.cluster_details(cluster.name)["events"]]
+        assert "scale-down retired 2 worker(s) from second" in events
+        cluster.shutdown()
+    finally:
+        gw.close()
+
+
+def test_admins_set_which_pool_scales_down_first(gateways):
+    gateway = gateways.start(
+        'c.ElasticBackend.worker_pools = {"first": {"max_workers": 2}, "second": {}}\n'
+        'c.ElasticBackend.scale_down_order = ["first"]\n'
+    )
+    gw = gateways.client(gateway)
+    try:
+        cluster = gw.new_cluster()
+        cluster.scale(3)
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"first": 2, "second": 1},
+            what="2 + 1 workers",
+        )
+        cluster.scale(1)
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"first": 0, "second": 1},
+            what="the first pool's workers to be the ones retired",
+        )
+        assert workers_of(cluster) == 1
         cluster.shutdown()
     finally:
         gw.close()
