@@ -83,14 +83,6 @@ class ElasticBackend(DBBackendBase):
         config=True,
     )
 
-    @validate("worker_pools")
-    def _validate_worker_pools(self, proposal):
-        try:
-            parse_pool_specs(proposal.value)
-        except ConfigError as exc:
-            raise TraitError(str(exc)) from None
-        return proposal.value
-
     vos = Dict(
         {},
         help="""
@@ -109,10 +101,11 @@ class ElasticBackend(DBBackendBase):
         config=True,
     )
 
-    @validate("vos")
-    def _validate_vos(self, proposal):
+    @validate("worker_pools", "vos")
+    def _validate_structured(self, proposal):
+        parse = {"worker_pools": parse_pool_specs, "vos": parse_vos}[proposal.trait.name]
         try:
-            parse_vos(proposal.value)
+            parse(proposal.value)
         except ConfigError as exc:
             raise TraitError(str(exc)) from None
         return proposal.value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +13,24 @@ POOL_KEYS = {"launcher", "max_workers", "vos", "burst_after"}
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key and what to change."""
+
+
+def named_settings(
+    spec: Mapping[str, Any], trait: str, allowed: set[str], noun: str
+) -> Iterator[tuple[str, Mapping[str, Any], str]]:
+    """Check a config dict of named settings dicts; yield (name, settings, where-for-errors)."""
+    for name, entry in spec.items():
+        where = f"{trait}[{name!r}]"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{trait}: {noun} names must be non-empty strings, got {name!r}")
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} must be a dict of settings, got {entry!r}")
+        unknown = set(entry) - allowed
+        if unknown:
+            raise ConfigError(
+                f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
+        yield name, entry, where
 
 
 @dataclass
@@ -53,17 +71,7 @@ def parse_pool_specs(
     if not specs:
         raise ConfigError(f"{trait} is empty: define at least one pool, e.g. {{'local': {{}}}}")
     out = {}
-    for name, spec in specs.items():
-        where = f"{trait}[{name!r}]"
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{trait}: pool names must be non-empty strings, got {name!r}")
-        if not isinstance(spec, Mapping):
-            raise ConfigError(f"{where} must be a dict of settings, got {spec!r}")
-        unknown = set(spec) - POOL_KEYS
-        if unknown:
-            raise ConfigError(
-                f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(POOL_KEYS)}"
-            )
+    for name, spec, where in named_settings(specs, trait, POOL_KEYS, "pool"):
         kind = spec.get("launcher", "local")
         if not isinstance(kind, str) or not kind:
             raise ConfigError(f"{where}['launcher'] must be a launcher name or import path")

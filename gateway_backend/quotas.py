@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .pools import ConfigError
+from .pools import ConfigError, named_settings
 
 LIMIT_KEYS = (
     "max_cores",
@@ -87,17 +87,7 @@ class VO:
 def parse_vos(spec: Mapping[str, Any]) -> dict[str, VO]:
     """Validate ``ElasticBackend.vos``; errors name the key and say what to change."""
     vos = {}
-    for name, entry in spec.items():
-        where = f"{VOS_TRAIT}[{name!r}]"
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{VOS_TRAIT}: VO names must be non-empty strings, got {name!r}")
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where} must be a dict of settings, got {entry!r}")
-        unknown = set(entry) - VO_KEYS
-        if unknown:
-            raise ConfigError(
-                f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(VO_KEYS)}"
-            )
+    for name, entry, where in named_settings(spec, VOS_TRAIT, VO_KEYS, "VO"):
         groups = entry.get("groups", [])
         if isinstance(groups, str) or not all(isinstance(g, str) for g in groups):
             raise ConfigError(f"{where}['groups'] must be a list of group names, got {groups!r}")
