@@ -693,8 +693,15 @@ class ElasticBackend(DBBackendBase):
 
     # -- DBBackendBase hooks ---------------------------------------------------------------
     async def do_start_cluster(self, cluster: Cluster):
-        async for state in self.scheduler_launcher_instance.start_scheduler(cluster):
-            yield state
+        try:
+            async for state in self.scheduler_launcher_instance.start_scheduler(cluster):
+                yield state
+        except Exception as exc:
+            # Upstream only logs this; keep the reason where the user can see it.
+            reason = f"the scheduler could not be started: {exc}"
+            self.events.add(cluster.name, reason, "error")
+            self.db.update_cluster(cluster, state={**cluster.state, "failure_reason": reason})
+            raise
 
     async def do_stop_cluster(self, cluster: Cluster) -> None:
         by_pool: dict[str, list[Worker]] = {p.name: [] for p in self.pools}

@@ -218,6 +218,9 @@ class LocalLauncher(Launcher):
 
     # -- workers ----------------------------------------------------------------
     async def start_workers(self, cluster, workers) -> list[dict[str, Any]]:
+        if not os.path.isdir(self.cluster_directory(cluster)):
+            # The scheduler runs elsewhere (e.g. in Kubernetes): these workers need the files.
+            self._prepare_cluster_directory(cluster)
         cert_path, key_path = self._tls_paths(cluster)
         env = worker_env(cluster, cert_path=cert_path, key_path=key_path)
         commands = [
