@@ -73,11 +73,18 @@ class K8sGateway:
         self.gateway = None
         self.gw = None
 
-    def start(self, *, cpu="16", max_pods=50, drop=None, via_proxy=False, extra="") -> K8sGateway:
+    def start(
+        self, *, cpu="16", max_pods=50, drop=None, via_proxy=False, extra="", start_delay=0.0
+    ) -> K8sGateway:
         self.ns = TestNamespace(self.env, self.tmp).create(drop=drop)
         if self.env.local:
             self.kubelet = ProcessKubelet(
-                self.env, self.ns.name, self.tmp, cpu=cpu, max_pods=max_pods
+                self.env,
+                self.ns.name,
+                self.tmp,
+                cpu=cpu,
+                max_pods=max_pods,
+                start_delay=start_delay,
             ).start()
         server = None
         if via_proxy:
@@ -348,6 +355,68 @@ def test_unschedulable_pods_are_pending_with_the_reason_and_scaled_down_first(ma
 
 
 @local_only
+def hybrid_config(pools: dict, standin_factory, tmp_path: Path) -> str:
+    """Gateway config lines for worker pools that include an HTCondor pool on the stand-in."""
+    socket_path = str(standin_factory().socket_path)
+    lines = [
+        f"import sys; sys.path.insert(0, {str(REPO)!r})",
+        "from tests.htcondor_standin.client import StandinSchedd",
+        f"c.ElasticBackend.worker_pools = {pools!r}",
+        f"c.HTCondorLauncher.schedd_factory = lambda: StandinSchedd({socket_path!r})",
+        'c.HTCondorLauncher.worker_host = "127.0.0.1"',
+        "c.HTCondorLauncher.status_period = 1",
+        "c.HTCondorLauncher.schedd_timeout = 5",
+        f"c.HTCondorLauncher.staging_directory = {str(tmp_path / 'staging')!r}",
+        f"c.HTCondorLauncher.environment = {{'PATH': {BINDIR + ':/usr/bin:/bin'!r}}}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_hybrid_cluster_spills_from_capped_pods_to_jobs_computes_and_scales_to_nothing(
+    make_k8s, tmp_path
+):
+    """scale(8) with a pod cap of 2: 2 pods + 6 HTCondor jobs, one computation over both."""
+    from tests.htcondor_standin import start_standin
+
+    with start_standin(tmp_path / "condor", slots=8, tick=0.5) as (factory, control):
+        pools = {
+            "pods": {"launcher": "kubernetes", "max_workers": 2},
+            "condor": {"launcher": "htcondor"},
+        }
+        k = make_k8s(extra=hybrid_config(pools, factory, tmp_path))
+        cluster = k.gw.new_cluster()
+        cluster.scale(8)
+
+        def spread():
+            pools = k.gw.cluster_details(cluster.name)["pools"]
+            return {name: p["running"] for name, p in pools.items()} == {"pods": 2, "condor": 6}
+
+        wait_for(spread, timeout=180, what="2 pod workers and 6 job workers")
+        wait_for(lambda: workers_of(cluster) == 8, timeout=60, what="8 workers joined")
+        assert len(k.worker_pod_names(cluster)) == 2
+        assert len(control.jobs(include_history=False)) == 6
+
+        client = cluster.get_client()
+        futures = client.map(lambda x: x + 1, range(400), pure=False)
+        assert sum(client.gather(futures)) == sum(range(1, 401))
+        ran_on = {w for ws in client.who_has(futures).values() for w in ws}
+        names = {cluster.scheduler_info["workers"][a]["name"] for a in ran_on}
+        pods = k.worker_pod_names(cluster)
+        assert names & pods, "some work ran on pod workers"
+        assert names - pods, "some work ran on HTCondor job workers"
+        client.close()
+
+        cluster.scale(0)
+        wait_for(
+            lambda: not control.jobs(include_history=False) and not k.worker_pod_names(cluster),
+            timeout=60,
+            what="no job and no worker pod",
+        )
+        cluster.shutdown()
+        k.gw.close()
+        k.gateway.stop()
+
+
 def test_placement_moves_unschedulable_workers_to_htcondor_with_the_reason(make_k8s, tmp_path):
     """A hybrid cluster: the pod that does not fit bursts to an HTCondor pool (stand-in)."""
     from tests.htcondor_standin import start_standin
@@ -357,21 +426,8 @@ def test_placement_moves_unschedulable_workers_to_htcondor_with_the_reason(make_
             "pods": {"launcher": "kubernetes", "burst_after": 3},
             "condor": {"launcher": "htcondor"},
         }
-        extra = "\n".join(
-            [
-                f"import sys; sys.path.insert(0, {str(REPO)!r})",
-                "from tests.htcondor_standin.client import StandinSchedd",
-                f"c.ElasticBackend.worker_pools = {pools!r}",
-                f"c.HTCondorLauncher.schedd_factory = "
-                f"lambda: StandinSchedd({str(factory().socket_path)!r})",
-                'c.HTCondorLauncher.worker_host = "127.0.0.1"',
-                "c.HTCondorLauncher.status_period = 1",
-                "c.HTCondorLauncher.schedd_timeout = 5",
-                f"c.HTCondorLauncher.staging_directory = {str(tmp_path / 'staging')!r}",
-                f"c.HTCondorLauncher.environment = {{'PATH': {BINDIR + ':/usr/bin:/bin'!r}}}",
-            ]
-        )
-        k = make_k8s(cpu="2", extra=extra + "\n")  # room for the scheduler and one worker pod
+        extra = hybrid_config(pools, factory, tmp_path)
+        k = make_k8s(cpu="2", extra=extra)  # room for the scheduler and one worker pod
         cluster = k.gw.new_cluster()
         cluster.scale(2)
 

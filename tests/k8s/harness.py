@@ -233,6 +233,7 @@ class ProcessKubelet:
         cpu: str = "16",
         memory: str = "64Gi",
         max_pods: int = 50,
+        start_delay: float = 0.0,
     ) -> None:
         assert env.cp is not None, "the process kubelet needs the local control plane"
         self.env = env
@@ -241,6 +242,7 @@ class ProcessKubelet:
         self.root = (tmp / "kubelet").resolve()
         self.log_path = tmp / "kubelet.log"
         self.args = ["--cpu", cpu, "--memory", memory, "--max-pods", str(max_pods)]
+        self.args += ["--start-delay", str(start_delay)]
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> ProcessKubelet:

@@ -421,6 +421,8 @@ class PodRunner:
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.update()
+            if self.kubelet.args.start_delay:  # what an image pull would take
+                await asyncio.sleep(self.kubelet.args.start_delay)
             mounts = await self.materialise()
             for c in (self.pod.get("spec") or {}).get("containers") or []:
                 if self.stopping:
@@ -950,6 +952,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory", default="32Gi")
     p.add_argument("--max-pods", type=int, default=50)
     p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--start-delay", type=float, default=0.0, help="seconds before a pod starts")
     p.add_argument("--ready-file", default="")
     p.add_argument("--keep-files", action="store_true", help="keep Secret files after pods end")
     return p.parse_args(argv)

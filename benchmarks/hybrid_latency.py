@@ -1,0 +1,133 @@
+"""Time to first worker and to N workers: hybrid vs HTCondor-only vs pods-only.
+
+Pods start fast but the Kubernetes allocation is small (a node with room for
+``--pod-slots`` workers); HTCondor jobs start slowly (``--job-latency`` seconds
+idle in the schedd) but the pool is large. Runs the three configurations side
+by side, alternating, on the real control plane with the process kubelet (pod
+start delay ``--pod-latency``) and the schedd stand-in, and prints medians.
+
+    python benchmarks/hybrid_latency.py [--workers 8] [--pod-slots 4] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.conftest import Gateways
+from tests.htcondor_standin import start_standin
+from tests.k8s.harness import KubeEnv
+from tests.test_kubernetes_e2e import K8sGateway, hybrid_config
+
+
+def measure(k: K8sGateway, n: int, timeout: float) -> tuple[float, float | None, int]:
+    """Seconds to the first worker, to n workers (None if never), and workers reached."""
+    t0 = time.perf_counter()
+    cluster = k.gw.new_cluster()
+    cluster.scale(n)  # timed from the scale request, the cluster already running
+    t0 = time.perf_counter()
+    first = full = None
+    reached = 0
+    while time.perf_counter() - t0 < timeout:
+        reached = len(cluster.scheduler_info.get("workers", {}))
+        if reached and first is None:
+            first = time.perf_counter() - t0
+        if reached >= n:
+            full = time.perf_counter() - t0
+            break
+        time.sleep(0.05)
+    cluster.shutdown()
+    return first or float("nan"), full, reached
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--pod-slots", type=int, default=4)
+    parser.add_argument("--pod-latency", type=float, default=1.0)
+    parser.add_argument("--job-latency", type=float, default=8.0)
+    parser.add_argument("--burst-after", type=float, default=5.0)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=40.0)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="eg-hybrid-bench-"))
+    env = KubeEnv().start()
+    gateways = Gateways(root)
+    made: list[K8sGateway] = []
+    try:
+        with start_standin(
+            root / "condor", slots=4 * args.workers, start_latency=args.job_latency, tick=0.5
+        ) as (factory, _control):
+            n, slots = args.workers, args.pod_slots
+            configs: dict[str, dict] = {
+                "pods only": {"pods": {"launcher": "kubernetes"}},
+                "HTCondor only": {"condor": {"launcher": "htcondor"}},
+                # The admin caps the pod pool at what the allocation holds: spill at once.
+                "hybrid, capped": {
+                    "pods": {"launcher": "kubernetes", "max_workers": slots},
+                    "condor": {"launcher": "htcondor"},
+                },
+                # No cap: pods that stay unschedulable move after burst_after.
+                "hybrid, burst": {
+                    "pods": {"launcher": "kubernetes", "burst_after": args.burst_after},
+                    "condor": {"launcher": "htcondor"},
+                },
+            }
+            runs = {}
+            for name, pools in configs.items():
+                tmp = root / name.replace(" ", "-")
+                tmp.mkdir()
+                k = K8sGateway(env, gateways, tmp)
+                made.append(k)
+                # The node fits the scheduler (1 core) and `slots` one-core worker pods.
+                runs[name] = k.start(
+                    cpu=str(1 + slots),
+                    start_delay=args.pod_latency,
+                    extra=hybrid_config(pools, factory, tmp),
+                )
+            results: dict[str, list] = {name: [] for name in configs}
+            for rep in range(args.reps):
+                order = list(configs) if rep % 2 == 0 else list(reversed(configs))
+                for name in order:
+                    first, full, reached = measure(runs[name], n, args.timeout)
+                    results[name].append((first, full, reached))
+                    shown = f"{full:6.2f} s" if full is not None else f"never ({reached}/{n})"
+                    print(
+                        f"rep {rep + 1} {name:<15} first {first:5.2f} s  all {n}: {shown}",
+                        flush=True,
+                    )
+
+        print(
+            f"\nMedians over {args.reps} runs: {n} workers; node room for {slots} pods "
+            f"(start {args.pod_latency:g} s); HTCondor jobs idle {args.job_latency:g} s; "
+            f"burst_after {args.burst_after:g} s"
+        )
+        print(f"{'':<16}{'first worker':>14}{f'all {n} workers':>18}")
+        for name, rows in results.items():
+            first = statistics.median(r[0] for r in rows)
+            fulls = [r[1] for r in rows if r[1] is not None]
+            full = (
+                f"{statistics.median(fulls):>16.2f} s"
+                if len(fulls) == len(rows)
+                else f"{'never (max ' + str(max(r[2] for r in rows)) + ')':>18}"
+            )
+            print(f"{name:<16}{first:>12.2f} s{full}")
+        return 0
+    finally:
+        for k in made:
+            k.close()
+        gateways.teardown()
+        env.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
