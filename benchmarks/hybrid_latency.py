@@ -43,6 +43,9 @@ def measure(k: K8sGateway, n: int, timeout: float) -> tuple[float, float | None,
             full = time.perf_counter() - t0
             break
         time.sleep(0.05)
+    if full is None:
+        pools = k.gw.cluster_details(cluster.name)["pools"]
+        print(f"  not all workers joined; pools: {pools}", file=sys.stderr, flush=True)
     cluster.shutdown()
     return first or float("nan"), full, reached
 
@@ -60,7 +63,7 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="eg-hybrid-bench-"))
     env = KubeEnv().start()
-    gateways = Gateways(root)
+    gateways: list[Gateways] = []
     made: list[K8sGateway] = []
     try:
         with start_standin(
@@ -83,9 +86,11 @@ def main() -> int:
             }
             runs = {}
             for name, pools in configs.items():
-                tmp = root / name.replace(" ", "-")
+                tmp = root / name.replace(",", "").replace(" ", "-")
                 tmp.mkdir()
-                k = K8sGateway(env, gateways, tmp)
+                # One state directory (database, secrets, config) per gateway.
+                gateways.append(Gateways(tmp))
+                k = K8sGateway(env, gateways[-1], tmp)
                 made.append(k)
                 # The node fits the scheduler (1 core) and `slots` one-core worker pods.
                 runs[name] = k.start(
@@ -110,21 +115,31 @@ def main() -> int:
             f"(start {args.pod_latency:g} s); HTCondor jobs idle {args.job_latency:g} s; "
             f"burst_after {args.burst_after:g} s"
         )
-        print(f"{'':<16}{'first worker':>14}{f'all {n} workers':>18}")
+
+        def median_full(rows: list) -> float | None:
+            fulls = [r[1] for r in rows if r[1] is not None]
+            return statistics.median(fulls) if len(fulls) == len(rows) else None
+
+        base = results["HTCondor only"]
+        base_first = statistics.median(r[0] for r in base)
+        base_full = median_full(base)
+        print(f"{'':<16}{'first worker':>14}{f'all {n} workers':>18}   ratio to HTCondor only")
         for name, rows in results.items():
             first = statistics.median(r[0] for r in rows)
-            fulls = [r[1] for r in rows if r[1] is not None]
-            full = (
-                f"{statistics.median(fulls):>16.2f} s"
-                if len(fulls) == len(rows)
-                else f"{'never (max ' + str(max(r[2] for r in rows)) + ')':>18}"
-            )
-            print(f"{name:<16}{first:>12.2f} s{full}")
+            full = median_full(rows)
+            if full is None:
+                shown = f"{'never (max ' + str(max(r[2] for r in rows)) + ')':>18}"
+                ratios = f"first {first / base_first:.2f}"
+            else:
+                shown = f"{full:>16.2f} s"
+                ratios = f"first {first / base_first:.2f}, all {full / base_full:.2f}"
+            print(f"{name:<16}{first:>12.2f} s{shown}   {ratios}")
         return 0
     finally:
         for k in made:
             k.close()
-        gateways.teardown()
+        for g in gateways:
+            g.teardown()
         env.stop()
         shutil.rmtree(root, ignore_errors=True)
 

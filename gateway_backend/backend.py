@@ -235,6 +235,7 @@ class ElasticBackend(DBBackendBase):
             )
 
     async def setup(self, app) -> None:
+        self._started_launchers: list[Launcher] = []  # released in reverse on shutdown
         self._load_vos()
         self.events = EventLog()
         # Latest pending/failure reason per worker name, from the launchers' checks.
@@ -247,6 +248,7 @@ class ElasticBackend(DBBackendBase):
         self._load_launchers()
         for launcher in self.launchers.values():
             await launcher.setup(self)
+            self._started_launchers.append(launcher)
         api.add_routes(app, self)
         await super().setup(app)
 
@@ -292,8 +294,16 @@ class ElasticBackend(DBBackendBase):
                 self.events.add(w.cluster.name, f"worker {w.name} was gone after a gateway restart")
                 self.queue.put(w)
 
+    async def cleanup(self) -> None:
+        if not hasattr(self, "session"):
+            # Setup stopped before the base classes ran (bad config): the startup
+            # error is the whole story, release only the launchers that started.
+            await self.do_cleanup()
+            return
+        await super().cleanup()
+
     async def do_cleanup(self) -> None:
-        for launcher in self.launchers.values():
+        for launcher in reversed(getattr(self, "_started_launchers", [])):
             await launcher.cleanup()
 
     # -- cluster options and quotas ----------------------------------------------------

@@ -89,6 +89,17 @@ def write_client_file(state_dir: Path, address: str) -> None:
     )
 
 
+def processes_in(directory: Path) -> list[psutil.Process]:
+    """Processes whose working directory is ``directory`` or below it."""
+    root = str(directory)
+    found = []
+    for proc in psutil.process_iter(["cwd"]):
+        cwd = proc.info.get("cwd") or ""
+        if cwd == root or cwd.startswith(root + os.sep):
+            found.append(proc)
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,13 +198,7 @@ class GatewayProcess:
 
     def leftover_processes(self) -> list[psutil.Process]:
         """Processes still running in this gateway's cluster directories."""
-        root = str((self.state_dir / "clusters").resolve())
-        found = []
-        for proc in psutil.process_iter(["cwd"]):
-            cwd = proc.info.get("cwd") or ""
-            if cwd == root or cwd.startswith(root + os.sep):
-                found.append(proc)
-        return found
+        return processes_in((self.state_dir / "clusters").resolve())
 
     def kill_leftovers(self) -> int:
         procs = self.leftover_processes()

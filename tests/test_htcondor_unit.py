@@ -118,3 +118,11 @@ def test_new_style_quoting_of_arguments_and_environment():
     expected_args = '"' + "'a b' 'it''s' 'say \"\"x\"\"'" + '"'
     assert _arguments(["a b", "it's", 'say "x"']) == expected_args
     assert _environment({"A": "1", "B": "x y"}) == "\"A=1 B='x y'\""
+
+
+def test_a_staging_directory_with_a_comma_is_refused_naming_the_key(tmp_path):
+    # transfer_input_files is comma-separated: such a path would hold every job.
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError, match=r"HTCondorLauncher\.staging_directory .* comma"):
+        HTCondorLauncher(staging_directory=str(tmp_path / "a,b"))

@@ -149,3 +149,40 @@ def test_admins_set_which_pool_scales_down_first(gateways):
         cluster.shutdown()
     finally:
         gw.close()
+
+
+def test_adapt_grows_across_pools_under_load_and_shrinks_when_idle(gateways):
+    # Adaptive runs in the scheduler and asks the gateway for workers: placement
+    # spreads them over the pools exactly as for a manual scale.
+    gateway = gateways.start(
+        'c.ElasticBackend.worker_pools = {"first": {"max_workers": 1}, "second": {}}\n'
+    )
+    gw = gateways.client(gateway)
+    try:
+        cluster = gw.new_cluster()
+        cluster.adapt(minimum=0, maximum=3)
+        client = cluster.get_client()
+
+        def slow(i):
+            import time
+
+            time.sleep(0.5)
+            return i
+
+        futures = client.map(slow, range(60), pure=False)
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"first": 1, "second": 2},
+            timeout=90,
+            what="adapt to fill the first pool's 1 slot and spill 2 into the second",
+        )
+        assert sum(client.gather(futures)) == sum(range(60))
+        del futures
+        wait_for(
+            lambda: running_per_pool(gw, cluster) == {"first": 0, "second": 0},
+            timeout=90,
+            what="adapt to release every worker once idle",
+        )
+        client.close()
+        cluster.shutdown()
+    finally:
+        gw.close()

@@ -106,6 +106,8 @@ class K8sGateway:
             f"c.KubernetesLauncher.kubeconfig = {self.kubeconfig!r}",
             f"c.KubernetesLauncher.namespace = {self.ns.name!r}",
             f"c.KubernetesLauncher.gateway_id = {self.gateway_id!r}",
+            # Gateways sharing one schedd stand-in must not sweep each other's jobs.
+            f"c.HTCondorLauncher.gateway_id = {self.gateway_id!r}",
             "c.KubernetesLauncher.termination_grace_period = 5",
             "c.KubernetesLauncher.reconcile_period = 2",
             "c.KubernetesLauncher.request_timeout = 5",

@@ -195,3 +195,15 @@ def test_bad_config_stops_start_up_with_a_message_naming_the_key(gateways):
         gateways.start('c.ElasticBackend.worker_pools = {"local": {"max_wrokers": 3}}\n')
     message = str(err.value)
     assert "ElasticBackend.worker_pools['local'] has unknown key(s) ['max_wrokers']" in message
+
+
+def test_a_start_up_refused_for_bad_config_shuts_down_without_further_errors(gateways):
+    with pytest.raises(RuntimeError) as err:
+        gateways.start(
+            'c.HTCondorLauncher.staging_directory = "/tmp/a,b"\n'
+            'c.ElasticBackend.worker_pools = {"condor": {"launcher": "htcondor"}}\n'
+        )
+    message = str(err.value)
+    assert "HTCondorLauncher.staging_directory '/tmp/a,b' contains a comma" in message
+    assert "Error while shutting down" not in message
+    assert "Stopped successfully" in message

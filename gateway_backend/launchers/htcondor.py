@@ -22,7 +22,17 @@ from typing import Any
 
 from dask_gateway_server.traitlets import Callable as CallableTrait
 from dask_gateway_server.utils import normalize_address
-from traitlets import Bool, CaselessStrEnum, Dict, Float, List, Unicode, default
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 
 from ..commands import CERT_FILE, KEY_FILE, proxy_sni, worker_command, worker_env
 from .base import Launcher, LauncherUnavailable, WorkerCheck, WorkerPhase, log_tail
@@ -191,6 +201,17 @@ class HTCondorLauncher(Launcher):
     @default("staging_directory")
     def _default_staging_directory(self) -> str:
         return os.path.join(os.path.expanduser("~"), ".elastic-gateway", "htcondor")
+
+    @validate("staging_directory")
+    def _validate_staging_directory(self, proposal):
+        # transfer_input_files is a comma-separated list: HTCondor would split the
+        # path and hold every job with a transfer failure.
+        if "," in proposal.value:
+            raise TraitError(
+                f"HTCondorLauncher.staging_directory {proposal.value!r} contains a comma, "
+                "which HTCondor's transfer_input_files cannot express; choose a path without one"
+            )
+        return proposal.value
 
     gateway_id = Unicode(
         help="""

@@ -32,6 +32,8 @@ from typing import Any
 import psutil
 import yaml
 
+from gateway_backend.embedded import processes_in
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RBAC_FILE = REPO / "deploy" / "rbac.yaml"
@@ -288,13 +290,7 @@ class ProcessKubelet:
 
     def processes(self) -> list[psutil.Process]:
         """Processes running in this kubelet's pod directories (its containers)."""
-        root = str(self.root)
-        found = []
-        for proc in psutil.process_iter(["cwd"]):
-            cwd = proc.info.get("cwd") or ""
-            if cwd == root or cwd.startswith(root + os.sep):
-                found.append(proc)
-        return found
+        return processes_in(self.root)
 
     def stop(self) -> int:
         """Stop the kubelet and every container process; returns how many had to be killed."""
