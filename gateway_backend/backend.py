@@ -497,14 +497,22 @@ class ElasticBackend(DBBackendBase):
         for pool, k in plan:
             await self._start_batch(cluster, pool, k)
 
+    async def forward_message_to_scheduler(self, cluster, msg: dict) -> None:
+        # Upstream's scale route calls this after authentication, the permission
+        # check and validation of ``count``: the place to act on a user's scale-down.
+        if msg.get("op") == "scale":
+            record = self.db.get_cluster(cluster.name)
+            if record is not None and record.status == JobStatus.RUNNING:
+                await self.scale_down_by_pool(record, msg["count"])
+        await super().forward_message_to_scheduler(cluster, msg)
+
     async def scale_down_by_pool(self, cluster: Cluster, count: int) -> None:
         """Before a user's ``scale(count)`` reaches the scheduler, retire running workers in
         pool order so the scheduler finds nothing left to choose."""
         self._scale_targets.pop(cluster.name, None)
-        active = cluster.active_workers()
-        running = [w for w in active if w.status == JobStatus.RUNNING]
-        pending = len(active) - len(running)
-        k = len(running) + pending - count - pending  # pending ones go first, upstream's rule
+        running = [w for w in cluster.active_workers() if w.status == JobStatus.RUNNING]
+        # Pending workers go first (upstream's rule): only running ones beyond ``count`` leave.
+        k = len(running) - count
         if k <= 0 or not cluster.scheduler_address:
             return
         order = list(self.scale_down_order)
