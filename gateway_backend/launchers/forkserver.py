@@ -5,8 +5,8 @@ distributed, twice with a nanny (the nanny spawns its worker). On a laptop or
 login node that cost dominates scale-up. The fork server imports distributed
 once; each worker is a ``fork`` of it that sets its own session, directory,
 log and environment and runs distributed's own ``dask worker`` entry point.
-With ``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork`` in the server's
-environment, the nanny forks its worker too.
+With ``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork`` in a worker's
+request environment, its nanny forks the worker too.
 
 Protocol: one JSON request per line on stdin (``{"program": "worker" |
 "scheduler", "argv": [...], "env": {...}, "cwd": str, "log": str}``), one JSON answer

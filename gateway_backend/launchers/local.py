@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psutil
-from traitlets import Bool, Float, List, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Float, List, Unicode, default
 
 from ..commands import (
     CERT_FILE,
@@ -89,7 +89,8 @@ class LocalLauncher(Launcher):
         config=True,
     )
 
-    nanny_start_method = Unicode(
+    nanny_start_method = CaselessStrEnum(
+        ["fork", "spawn", "forkserver"],
         "fork",
         help="""
         ``distributed.worker.multiprocessing-method`` for workers started by the
@@ -198,11 +199,8 @@ class LocalLauncher(Launcher):
         env = scheduler_env(
             cluster, api_url=self.backend.api_url, cert_path=cert_path, key_path=key_path
         )
-        prefix = ["dask", "scheduler"]
-        if self._fork_server is not None and list(cluster.config.scheduler_cmd) == prefix:
-            [state] = await self._fork(
-                cluster, "scheduler", [cmd[len(prefix) :]], env, ["scheduler"]
-            )
+        if self._forks(cluster.config.scheduler_cmd, "scheduler"):
+            [state] = await self._fork(cluster, "scheduler", [cmd[2:]], env, ["scheduler"])
         else:
             state = self._spawn(cluster, cmd, env, "scheduler")
         yield {"workdir": self.cluster_directory(cluster), **state}
@@ -227,15 +225,18 @@ class LocalLauncher(Launcher):
             worker_command(cluster, w.name, cluster.scheduler_address, host=self.host)
             for w in workers
         ]
-        prefix = ["dask", "worker"]
-        if self._fork_server is not None and list(cluster.config.worker_cmd) == prefix:
-            argvs = [cmd[len(prefix) :] for cmd in commands]
+        if self._forks(cluster.config.worker_cmd, "worker"):
+            argvs = [cmd[2:] for cmd in commands]  # the arguments after `dask worker`
             logs = [f"worker-{w.name}" for w in workers]
             return await self._fork(cluster, "worker", argvs, env, logs)
         return [
             self._spawn(cluster, cmd, env, f"worker-{w.name}")
             for w, cmd in zip(workers, commands, strict=True)
         ]
+
+    def _forks(self, configured_cmd: Sequence[str], program: str) -> bool:
+        """Fork ``program`` from the fork server? Only for the default ``dask <program>``."""
+        return self._fork_server is not None and list(configured_cmd) == ["dask", program]
 
     async def _fork(self, cluster, program: str, argvs, env, logs: list[str]) -> list[dict]:
         """Start processes of ``program`` through the fork server, one per argv."""
