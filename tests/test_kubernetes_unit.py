@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import logging
+import socket
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
 from dask_gateway_server.utils import FrozenAttrDict
+from traitlets import TraitError
 
 from gateway_backend.cluster_config import ElasticClusterConfig
 from gateway_backend.events import EventLog
 from gateway_backend.launchers.base import LauncherUnavailable, WorkerPhase
+from gateway_backend.launchers.htcondor import HTCondorLauncher
 from gateway_backend.launchers.kubernetes import (
     REQUIRED_PERMISSIONS,
     KubernetesAPIError,
@@ -24,7 +29,6 @@ from gateway_backend.launchers.kubernetes import (
     PodCache,
     check_pod,
     cpu_quantity,
-    merge_json,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,13 +238,22 @@ def test_service_selects_the_scheduler_pod_and_is_owned_by_it():
     ]
 
 
-def test_helpers():
+def test_cpu_quantities_are_whole_cores_or_millicores():
     assert cpu_quantity(1) == "1" and cpu_quantity(2.0) == "2" and cpu_quantity(0.25) == "250m"
-    assert merge_json({"a": {"b": 1}, "l": [1]}, {"a": {"c": 2}, "l": [2], "x": 3}) == {
-        "a": {"b": 1, "c": 2},
-        "l": [1, 2],
-        "x": 3,
-    }
+
+
+def test_the_default_gateway_id_survives_a_restart_on_another_host(monkeypatch):
+    # A Deployment's pod gets a new host name on every restart; the id must not follow it.
+    ids = []
+    for host in ("gateway-7d9f-abcde", "gateway-7d9f-vwxyz"):
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        ids.append((KubernetesLauncher().gateway_id, HTCondorLauncher().gateway_id))
+    assert ids[0] == ids[1]
+
+
+def test_an_unknown_image_pull_policy_is_refused():
+    with pytest.raises(TraitError, match="image_pull_policy"):
+        KubernetesLauncher(image_pull_policy="Sometimes")
 
 
 @pytest.mark.parametrize("bad", ["", "-x", "x" * 64, "a b"])
@@ -353,8 +366,9 @@ class FakeAPI:
         return events()
 
 
-async def run_cache(api: FakeAPI, until, seconds: float = 5) -> PodCache:
-    cache = PodCache(api.list_pods, api.open_watch, LOG, backoff_min=0.01, backoff_max=0.02)
+async def run_cache(api: FakeAPI, until, seconds: float = 5, **backoff) -> PodCache:
+    backoff = {"backoff_min": 0.01, "backoff_max": 0.02, **backoff}
+    cache = PodCache(api.list_pods, api.open_watch, LOG, **backoff)
     task = asyncio.ensure_future(cache.run())
     try:
         deadline = asyncio.get_running_loop().time() + seconds
@@ -409,17 +423,30 @@ async def test_a_410_forces_a_relist_that_replaces_the_cache():
 
 async def test_errors_disconnect_the_cache_and_back_off_until_the_api_answers():
     down = LauncherUnavailable("connection refused")
-    api = FakeAPI([down, down, {"metadata": {"resourceVersion": "7"}, "items": []}], [])
-    cache = PodCache(api.list_pods, api.open_watch, LOG, backoff_min=0.01, backoff_max=0.02)
-    task = asyncio.ensure_future(cache.run())
-    try:
-        await asyncio.sleep(0.001)
-        assert not cache.connected and not cache.has_seen("1", 0)
-        await asyncio.wait_for(cache.synced.wait(), 2)
-        assert cache.connected and cache.has_seen("7", 0)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    # The first watch breaks mid-stream, two re-opens are refused, the fourth works.
+    api = FakeAPI([{"metadata": {"resourceVersion": "7"}, "items": []}], [[down], down, down, []])
+    opened = []  # (time, connected, error) each time a watch is opened
+    open_watch = api.open_watch
+
+    async def recording_open_watch(rv):
+        opened.append((time.monotonic(), cache.connected, cache.error))
+        return await open_watch(rv)
+
+    api.open_watch = recording_open_watch
+    cache = None
+
+    def done(c):
+        nonlocal cache
+        cache = c
+        return len(opened) >= 5 and c.connected
+
+    await run_cache(api, done, backoff_min=0.05, backoff_max=1.0)
+    for _, connected, error in opened[1:4]:
+        assert not connected and "connection refused" in error
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(opened[1:5])]
+    assert gaps[0] >= 0.1 and gaps[1] >= 0.2  # the pause doubles: 0.05, 0.1, 0.2 s
+    assert api.watch_rvs == ["7"] * 5 and cache.lists == 1  # resumed, never re-listed
+    assert cache.connected and cache.error == ""
 
 
 # -- status checks from the cache --------------------------------------------------------------
@@ -622,3 +649,57 @@ async def test_namespace_comes_from_the_setting_or_the_kubeconfig_context(tmp_pa
     assert await KubernetesLauncher(kubeconfig=without)._load_kube_config(cfg) == "default"
     with pytest.raises(Exception, match="KubernetesLauncher cannot load its Kubernetes config"):
         await KubernetesLauncher(kubeconfig=str(tmp_path / "missing"))._load_kube_config(cfg)
+
+
+# -- creating and deleting, with the API calls recorded ------------------------------------------
+def recording_launcher(fail_creates: set[str] = frozenset()) -> tuple[KubernetesLauncher, dict]:
+    """A launcher whose pod creates and deletes are recorded instead of sent."""
+    launcher = make_launcher()
+    launcher._reported_unschedulable = set()
+    calls: dict[str, list] = {"created": [], "deleted": []}
+
+    async def create_pod(manifest):
+        name = manifest["metadata"]["name"]
+        if name in fail_creates:
+            raise KubernetesAPIError(422, f"pod {name} is invalid")
+        calls["created"].append(name)
+        return {"metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": "9"}}
+
+    async def delete(resource, name, **kwargs):
+        calls["deleted"].append((resource, name))
+        return True
+
+    launcher._create_pod = create_pod
+    launcher._delete = delete
+    return launcher, calls
+
+
+async def test_stopping_a_scheduler_deletes_its_pod_service_and_secret_explicitly():
+    # Garbage collection would follow the pod; explicit deletes do not depend on it.
+    launcher, calls = recording_launcher()
+    await launcher.stop_scheduler(make_cluster())
+    assert sorted(calls["deleted"]) == [
+        ("pods", "dask-scheduler-c0ffee"),
+        ("secrets", "dask-credentials-c0ffee"),
+        ("services", "dask-c0ffee"),
+    ]
+
+
+async def test_a_worker_batch_with_a_failed_create_deletes_the_pods_it_made_and_raises():
+    launcher, calls = recording_launcher(fail_creates={"dask-worker-w2"})
+    workers = [SimpleNamespace(name=n) for n in ("w1", "w2", "w3")]
+    with pytest.raises(KubernetesAPIError, match="dask-worker-w2 is invalid"):
+        await launcher.start_workers(make_cluster(), workers)
+    assert sorted(calls["created"]) == ["dask-worker-w1", "dask-worker-w3"]
+    assert sorted(calls["deleted"]) == [("pods", "dask-worker-w1"), ("pods", "dask-worker-w3")]
+
+
+async def test_a_worker_batch_records_each_pod_and_its_resource_version():
+    launcher, calls = recording_launcher()
+    workers = [SimpleNamespace(name=n) for n in ("w1", "w2")]
+    states = await launcher.start_workers(make_cluster(), workers)
+    assert [(s["pod"], s["created_rv"]) for s in states] == [
+        ("dask-worker-w1", "9"),
+        ("dask-worker-w2", "9"),
+    ]
+    assert calls["deleted"] == []

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,17 +213,16 @@ class HTCondorLauncher(Launcher):
         return proposal.value
 
     gateway_id = Unicode(
+        "elastic-gateway",
         help="""
         Value of the ``DaskGatewayInstance`` attribute on every job of this
         gateway; queries, leases and clean-ups select by it. Gateways sharing
-        a schedd must use different values.
+        a schedd must use different values. It must stay the same across
+        restarts (a restarted gateway finds its jobs by it), so the default is
+        a fixed name, not the host name, which changes when the gateway moves.
         """,
         config=True,
     )
-
-    @default("gateway_id")
-    def _default_gateway_id(self) -> str:
-        return f"elastic-gateway@{socket.gethostname()}"
 
     status_period = Float(
         5.0,

@@ -24,13 +24,23 @@ import json
 import os
 import random
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
-from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, default, validate
+from dask_gateway_server.backends.kubernetes.utils import merge_json_objects as merge
+from traitlets import (
+    Bool,
+    Dict,
+    Enum,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    validate,
+)
 
 from ..commands import (
     CERT_FILE,
@@ -102,18 +112,6 @@ def cpu_quantity(cores: float) -> str:
     if float(cores).is_integer():
         return str(int(cores))
     return f"{round(float(cores) * 1000)}m"
-
-
-def merge_json(base: Any, override: Any) -> Any:
-    """Recursive merge as dask-gateway's ``extra_*_config`` does: dicts merge, lists append."""
-    if isinstance(base, Mapping) and isinstance(override, Mapping):
-        out = dict(base)
-        for key, value in override.items():
-            out[key] = merge_json(base[key], value) if key in base else copy.deepcopy(value)
-        return out
-    if isinstance(base, list) and isinstance(override, list):
-        return [*base, *copy.deepcopy(override)]
-    return copy.deepcopy(override)
 
 
 def resource_version_int(rv: Any) -> int | None:
@@ -273,7 +271,6 @@ class PodCache:
         self.connected = False
         self.error = ""
         self.lists = 0  # successful lists (the first one and every re-list)
-        self.resumes = 0  # watches re-opened from a resourceVersion
 
     def apply(self, event: Mapping[str, Any]) -> None:
         """Apply one watch event to the cache."""
@@ -283,7 +280,7 @@ class PodCache:
             code = obj.get("code")
             if code == 410:
                 raise WatchExpired(obj.get("message", "resourceVersion too old"))
-            raise KubernetesAPIError(int(code or 500), api_error_message(json.dumps(obj)))
+            raise KubernetesAPIError(int(code or 500), obj.get("message") or str(obj))
         meta = obj.get("metadata") or {}
         rv = meta.get("resourceVersion")
         if kind in ("ADDED", "MODIFIED"):
@@ -343,7 +340,7 @@ class PodCache:
                 delay = self.backoff_min
                 async for event in stream:
                     self.apply(event)
-                self.resumes += 1  # the server ended the stream (its time-out): resume
+                # The server ended the stream (its time-out): resume from the same version.
             except asyncio.CancelledError:
                 raise
             except WatchExpired as exc:
@@ -363,7 +360,6 @@ class PodCache:
                     self.log.warning("Pod watch failed (%s); retrying in %.1fs", self.error, delay)
                 await asyncio.sleep(delay * (1 + 0.2 * random.random()))
                 delay = min(delay * 2, self.backoff_max)
-                self.resumes += 1
 
 
 class KubernetesLauncher(Launcher):
@@ -382,9 +378,9 @@ class KubernetesLauncher(Launcher):
     kubeconfig = Unicode(
         "",
         help="""
-        Path of the kubeconfig the gateway uses. Empty: the in-cluster service
-        account when the gateway runs in a pod, else ``$KUBECONFIG`` or
-        ``~/.kube/config``.
+        Path of the kubeconfig the gateway uses. Empty: ``$KUBECONFIG`` if set,
+        else the in-cluster service account when the gateway runs in a pod,
+        else ``~/.kube/config``.
         """,
         config=True,
     )
@@ -404,19 +400,17 @@ class KubernetesLauncher(Launcher):
     )
 
     gateway_id = Unicode(
+        "elastic-gateway",
         help="""
         Value of the ``gateway.dask.org/instance`` label on everything this
         gateway creates; its watch and clean-ups select by it. Gateways sharing
-        a namespace must use different values. A valid label value (63
-        characters at most). Default: ``elastic-gateway-<host name>``.
+        a namespace must use different values. It must stay the same across
+        restarts (a restarted gateway finds its pods by it), so the default is a
+        fixed name, not the host or pod name. A valid label value (63
+        characters at most).
         """,
         config=True,
     )
-
-    @default("gateway_id")
-    def _default_gateway_id(self) -> str:
-        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())
-        return f"elastic-gateway-{host}"[:63].rstrip("-_.")
 
     @validate("gateway_id")
     def _validate_gateway_id(self, proposal):
@@ -487,8 +481,11 @@ class KubernetesLauncher(Launcher):
         config=True,
     )
 
-    image_pull_policy = Unicode(
-        "IfNotPresent", help="``imagePullPolicy`` of the containers.", config=True
+    image_pull_policy = Enum(
+        ["Always", "IfNotPresent", "Never"],
+        "IfNotPresent",
+        help="``imagePullPolicy`` of the containers.",
+        config=True,
     )
 
     image_pull_secrets = List(
@@ -687,8 +684,12 @@ class KubernetesLauncher(Launcher):
 
         namespace = self.namespace
         path = self.kubeconfig or os.environ.get("KUBECONFIG", "")
+        in_cluster = not path and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        where = (
+            "in-cluster service account" if in_cluster else f"kubeconfig {path or '~/.kube/config'}"
+        )
         try:
-            if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            if in_cluster:
                 config.load_incluster_config(client_configuration=configuration)
                 if not namespace and os.path.exists(IN_CLUSTER_NAMESPACE):
                     namespace = (await asyncio.to_thread(_read, IN_CLUSTER_NAMESPACE)).strip()
@@ -707,7 +708,8 @@ class KubernetesLauncher(Launcher):
 
             raise ConfigError(
                 f"KubernetesLauncher cannot load its Kubernetes configuration "
-                f"(kubeconfig={path or '~/.kube/config'!r}): {exc}"
+                f"({where}): {exc}; set KubernetesLauncher.kubeconfig (and context) "
+                "to a working kubeconfig"
             ) from exc
         return namespace or "default"
 
@@ -999,9 +1001,9 @@ class KubernetesLauncher(Launcher):
         ]
         if ports:
             container["ports"] = ports
-        container = merge_json(container, self.scheduler_extra_container_config)
+        container = merge(container, self.scheduler_extra_container_config)
         volume = self._credentials_volume(cluster, [CERT_FILE, KEY_FILE, TOKEN_FILE])
-        spec = merge_json(self._pod_spec(container, volume), self.scheduler_extra_pod_config)
+        spec = merge(self._pod_spec(container, volume), self.scheduler_extra_pod_config)
         return {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -1021,11 +1023,11 @@ class KubernetesLauncher(Launcher):
         resources = self._resources(
             config.worker_cores, config.worker_memory, config.get("worker_gpus", 0)
         )
-        container = merge_json(
+        container = merge(
             self._container(WORKER, cmd, env, resources), self.worker_extra_container_config
         )
         volume = self._credentials_volume(cluster, [CERT_FILE, KEY_FILE])
-        spec = merge_json(self._pod_spec(container, volume), self.worker_extra_pod_config)
+        spec = merge(self._pod_spec(container, volume), self.worker_extra_pod_config)
         return {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -1128,13 +1130,21 @@ class KubernetesLauncher(Launcher):
 
     async def start_scheduler(self, cluster) -> AsyncIterator[dict[str, Any]]:
         name = self.scheduler_pod_name(cluster)
-        state: dict[str, Any] = {"namespace": self.namespace, "pod": name, "created": time.time()}
-        yield dict(state)
+        state: dict[str, Any] = {"pod": name, "created": time.time()}
+        yield dict(state)  # recorded before the create: a crash now leaves a findable pod
         pod = await self._create_pod(self.scheduler_pod(cluster))
         meta = pod.get("metadata") or {}
         if not meta.get("uid"):
-            raise LauncherUnavailable(f"scheduler pod {name} was created but cannot be seen yet")
-        state.update(uid=meta["uid"], created_rv=meta.get("resourceVersion", ""))
+            stale = f" (pod watch: {self.cache.error})" if self.cache.error else ""
+            raise RuntimeError(
+                f"scheduler pod {name} already existed (a retried create went through) but the "
+                f"pod watch did not show it within KubernetesLauncher.request_timeout"
+                f"{stale}; start the cluster again"
+            )
+        # Taken after the create: a cache listed later has surely seen the pod.
+        state.update(
+            uid=meta["uid"], created=time.time(), created_rv=meta.get("resourceVersion", "")
+        )
         yield dict(state)
         # Secret and Service are owned by the pod: create them after it. Its container
         # starts once the Secret exists (the kubelet retries the mount).
@@ -1144,8 +1154,6 @@ class KubernetesLauncher(Launcher):
                 self._create_owned("services", self.scheduler_service(cluster, meta["uid"])),
             ]
         )
-        state.update(service=self.service_name(cluster), secret=self.secret_name(cluster))
-        yield dict(state)
 
     async def stop_scheduler(self, cluster) -> None:
         self._reported_unschedulable.discard(cluster.name)
@@ -1184,11 +1192,11 @@ class KubernetesLauncher(Launcher):
         """Create every pod of the batch concurrently; undo the batch if any create failed."""
         if "uid" not in cluster.state:
             raise RuntimeError(f"cluster {cluster.name} has no scheduler pod to own its workers")
-        created = time.time()
         results = await asyncio.gather(
             *(self._create_pod(self.worker_pod(cluster, w.name)) for w in workers),
             return_exceptions=True,
         )
+        created = time.time()  # after the creates: a cache listed later has seen the pods
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             made = [
@@ -1197,16 +1205,19 @@ class KubernetesLauncher(Launcher):
                 if not isinstance(r, BaseException)
             ]
             if made:
-                await asyncio.gather(
+                undone = await asyncio.gather(
                     *(self._delete("pods", self.worker_pod_name(n)) for n in made),
                     return_exceptions=True,
                 )
+                for n, r in zip(made, undone, strict=True):
+                    if isinstance(r, BaseException):
+                        # The periodic reconciliation deletes it as a pod without a record.
+                        self.log.warning("Could not undo worker pod %s: %s", n, r)
             unavailable = [f for f in failures if isinstance(f, LauncherUnavailable)]
             raise (unavailable or failures)[0]
         return [
             {
                 "pod": self.worker_pod_name(w.name),
-                "namespace": self.namespace,
                 "created": created,
                 "created_rv": (pod.get("metadata") or {}).get("resourceVersion", ""),
             }
