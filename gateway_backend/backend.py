@@ -41,6 +41,7 @@ from .quotas import (
     check_new_cluster,
     choose_vo,
     describe_limit,
+    holds_resources,
     parse_vos,
     vo_usage,
     workers_grantable,
@@ -442,11 +443,11 @@ class ElasticBackend(DBBackendBase):
         return [allowed[n] for n in names if n in allowed]
 
     def pool_usage(self) -> dict[str, int]:
-        """Active workers per pool over all clusters."""
+        """Workers per pool over all clusters, stopping ones until they are gone."""
         usage: dict[str, int] = defaultdict(int)
         for cluster in self.db.active_clusters():
             for w in cluster.workers.values():
-                if w.is_active():
+                if holds_resources(w):
                     usage[self.pool_of(w).name] += 1
         return usage
 
@@ -722,18 +723,19 @@ class ElasticBackend(DBBackendBase):
             raise
 
     async def do_stop_cluster(self, cluster: Cluster) -> None:
-        by_pool: dict[str, list[Worker]] = {p.name: [] for p in self.pools}
+        # One call per launcher, not per pool: pools of one kind share their launcher.
+        by_launcher: dict[Launcher, list[Worker]] = {p.launcher: [] for p in self.pools}
         for w in cluster.workers.values():
-            if w.status < JobStatus.STOPPED and w.status > JobStatus.CREATED:
-                by_pool[self.pool_of(w).name].append(w)
-        for pool in self.pools:
+            if JobStatus.CREATED < w.status < JobStatus.STOPPED:
+                by_launcher[self.pool_of(w).launcher].append(w)
+        for launcher, workers in by_launcher.items():
             try:
-                await pool.launcher.stop_cluster_workers(cluster, by_pool[pool.name])
+                await launcher.stop_cluster_workers(cluster, workers)
             except Exception:
                 self.log.warning(
-                    "Stopping workers of cluster %s in pool %s failed",
+                    "Stopping the %s workers of cluster %s failed",
+                    launcher.kind,
                     cluster.name,
-                    pool.name,
                     exc_info=True,
                 )
         await self.scheduler_launcher_instance.stop_scheduler(cluster)

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dask_gateway_server.backends.db_base import JobStatus
+
 from .pools import ConfigError, named_settings
 
 LIMIT_KEYS = (
@@ -179,10 +181,20 @@ class Usage:
         }
 
 
+def holds_resources(worker) -> bool:
+    """Counted against VO quotas and pool caps: wanted, or stopping but not yet gone.
+
+    A worker told to stop keeps its cores until its process, job or pod has
+    ended; freeing them earlier would let another worker start in their place
+    while both still run. Waiting clusters are woken when it has stopped.
+    """
+    return worker.is_active() or JobStatus.CREATED < worker.status < JobStatus.STOPPED
+
+
 def cluster_usage(cluster) -> tuple[float, int, int, int]:
     """(cores, memory, gpus, workers) an active cluster holds now."""
     config = cluster.config
-    active = sum(1 for w in cluster.workers.values() if w.is_active())
+    active = sum(1 for w in cluster.workers.values() if holds_resources(w))
     cores = config.scheduler_cores + active * config.worker_cores
     memory = config.scheduler_memory + active * config.worker_memory
     gpus = active * config.get("worker_gpus", 0)

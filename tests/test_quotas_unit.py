@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from dask_gateway_server.backends.db_base import JobStatus
 from dask_gateway_server.utils import FrozenAttrDict
 
 from gateway_backend.pools import ConfigError
@@ -35,8 +36,8 @@ def config(**kw):
 
 
 def cluster(vo, user="alice", workers=0, **kw):
-    active = SimpleNamespace(is_active=lambda: True)
-    stopped = SimpleNamespace(is_active=lambda: False)
+    active = SimpleNamespace(is_active=lambda: True, status=JobStatus.RUNNING)
+    stopped = SimpleNamespace(is_active=lambda: False, status=JobStatus.STOPPED)
     return SimpleNamespace(
         options={"vo": vo},
         username=user,
@@ -125,6 +126,15 @@ def test_usage_counts_schedulers_and_active_workers_per_vo():
         2,
     )
     assert cms.clusters_by_user == {"alice": 1, "bob": 1}
+
+
+def test_a_stopping_worker_counts_until_it_has_stopped():
+    # Told to stop (target STOPPED) while still running: its cores are not free yet.
+    stopping = SimpleNamespace(is_active=lambda: False, status=JobStatus.RUNNING)
+    never_started = SimpleNamespace(is_active=lambda: False, status=JobStatus.CREATED)
+    c = cluster("cms")
+    c.workers |= {"stopping": stopping, "never-started": never_started}
+    assert vo_usage([c])["cms"].workers == 1
 
 
 def test_new_cluster_refused_at_max_clusters_per_user():
