@@ -63,7 +63,7 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="eg-hybrid-bench-"))
     env = KubeEnv().start()
-    gateways: list[Gateways] = []
+    gateways = Gateways(root)  # a state directory per gateway
     made: list[K8sGateway] = []
     try:
         with start_standin(
@@ -88,9 +88,7 @@ def main() -> int:
             for name, pools in configs.items():
                 tmp = root / name.replace(",", "").replace(" ", "-")
                 tmp.mkdir()
-                # One state directory (database, secrets, config) per gateway.
-                gateways.append(Gateways(tmp))
-                k = K8sGateway(env, gateways[-1], tmp)
+                k = K8sGateway(env, gateways, tmp)
                 made.append(k)
                 # The node fits the scheduler (1 core) and `slots` one-core worker pods.
                 runs[name] = k.start(
@@ -138,8 +136,7 @@ def main() -> int:
     finally:
         for k in made:
             k.close()
-        for g in gateways:
-            g.teardown()
+        gateways.teardown()
         env.stop()
         shutil.rmtree(root, ignore_errors=True)
 

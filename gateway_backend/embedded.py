@@ -30,7 +30,8 @@ SECRETS_FILE = "secrets.json"
 DEFAULT_PORT = 8000
 
 
-def _write_private(path: Path, data: dict[str, Any]) -> None:
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON readable by this user only (mode 0600 from creation, never wider)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
@@ -47,7 +48,7 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
         "proxy_token": secrets.token_hex(32),
         "password": secrets.token_urlsafe(24),
     }
-    _write_private(path, data)
+    write_private_json(path, data)
     return data
 
 
@@ -83,7 +84,7 @@ def write_client_file(state_dir: Path, address: str) -> None:
     import getpass
 
     keys = load_or_create_secrets(state_dir)
-    _write_private(
+    write_private_json(
         state_dir / CLIENT_FILE,
         {"address": address, "username": getpass.getuser(), "password": keys["password"]},
     )

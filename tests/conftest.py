@@ -29,6 +29,11 @@ c.LocalLauncher.stop_grace_period = 3
 """
 
 
+def workers_of(cluster) -> int:
+    """Workers connected to the cluster's scheduler, as the client sees them."""
+    return len(cluster.scheduler_info.get("workers", {}))
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -48,7 +53,10 @@ class Gateways:
         self.tmp_path = tmp_path
         self.started: list[GatewayProcess] = []
 
-    def start(self, extra_config: str = "", name: str = "gw", **kwargs) -> GatewayProcess:
+    def start(self, extra_config: str = "", name: str = "", **kwargs) -> GatewayProcess:
+        # Each gateway its own state directory (database, secrets, config): two sharing
+        # one would run each other's clusters.
+        name = name or f"gw{len(self.started)}"
         config = self.tmp_path / f"{name}_config.py"
         config.write_text(FAST_CONFIG + extra_config)
         gateway = GatewayProcess(self.tmp_path / name, config_file=config, **kwargs)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import wait_for
+from .conftest import wait_for, workers_of
 
 pytestmark = pytest.mark.e2e
 
@@ -101,10 +101,6 @@ def make_pool(gateways, tmp_path):
     for pool in pools:
         gateways.teardown()
         pool.close()
-
-
-def workers_of(cluster) -> int:
-    return len(cluster.scheduler_info.get("workers", {}))
 
 
 def test_htcondor_workers_join_through_the_proxy_with_sni_and_compute(make_pool):

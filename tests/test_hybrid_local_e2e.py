@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import http, wait_for
+from .conftest import http, wait_for, workers_of
 
 pytestmark = pytest.mark.e2e
 
 SLOW = "tests.support_launchers.SlowLocalLauncher"
-
-
-def workers_of(cluster) -> int:
-    return len(cluster.scheduler_info.get("workers", {}))
 
 
 def running_per_pool(gw, cluster) -> dict[str, int]:

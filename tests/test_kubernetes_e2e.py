@@ -14,6 +14,7 @@ the API server, compact etcd or set a node's capacity are skipped there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ import pytest
 from gateway_backend.embedded import free_port
 from gateway_backend.launchers.kubernetes import REQUIRED_PERMISSIONS
 
-from .conftest import wait_for
+from .conftest import wait_for, workers_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "k8s"))
 from harness import (
@@ -125,14 +126,18 @@ class K8sGateway:
             ]
         else:
             host = os.environ.get("ELASTIC_GATEWAY_TEST_GATEWAY_HOST", "")
+            if not host:
+                pytest.fail(
+                    "ELASTIC_GATEWAY_TEST_KUBECONFIG is set: also set "
+                    "ELASTIC_GATEWAY_TEST_GATEWAY_HOST to this machine's address as pods reach it"
+                )
             image = os.environ.get("ELASTIC_GATEWAY_TEST_IMAGE", "")
             if image:
                 lines.append(f"c.KubernetesLauncher.image = {image!r}")
-            if host:
-                lines += [
-                    f'c.Proxy.address = ":{self.port}"',
-                    f'c.ElasticBackend.api_url = "http://{host}:{self.port}/api"',
-                ]
+            lines += [
+                f'c.Proxy.address = ":{self.port}"',
+                f'c.ElasticBackend.api_url = "http://{host}:{self.port}/api"',
+            ]
         return "\n".join(lines) + "\n" + extra
 
     def pods(self, cluster=None, **labels) -> list[dict]:
@@ -153,19 +158,24 @@ class K8sGateway:
         return {kind: self.ns.names(kind, **sel) for kind in ("pods", "services", "secrets")}
 
     def close(self) -> list[str]:
-        problems = []
-        if self.gw is not None:
-            self.gw.close()
-        leaks = self.gateways.teardown()
-        problems += leaks
-        if self.kubelet is not None:
+        """Stop everything this gateway made, each step even if an earlier one failed."""
+        problems: list[str] = []
+
+        def stop_kubelet() -> None:
             n = self.kubelet.stop()
             if n:
                 problems.append(f"{n} pod processes outlived the process kubelet")
-        if self.proxy is not None:
-            self.proxy.close()
-        if self.ns is not None:
-            self.ns.delete()
+
+        with contextlib.ExitStack() as steps:  # run last-registered first
+            if self.ns is not None:
+                steps.callback(self.ns.delete)
+            if self.proxy is not None:
+                steps.callback(self.proxy.close)
+            if self.kubelet is not None:
+                steps.callback(stop_kubelet)
+            steps.callback(lambda: problems.extend(self.gateways.teardown()))
+            if self.gw is not None:
+                steps.callback(self.gw.close)
         return problems
 
 
@@ -186,10 +196,6 @@ def make_k8s(kube_env, gateways, tmp_path):
     assert not problems, "; ".join(problems)
 
 
-def workers_of(cluster) -> int:
-    return len(cluster.scheduler_info.get("workers", {}))
-
-
 def test_scheduler_and_worker_pods_compute_through_the_proxy(make_k8s):
     k = make_k8s()
     cluster = k.gw.new_cluster()
@@ -203,7 +209,8 @@ def test_scheduler_and_worker_pods_compute_through_the_proxy(make_k8s):
     names = {w["name"] for w in cluster.scheduler_info["workers"].values()}
     assert {p["metadata"]["labels"]["gateway.dask.org/worker"] for p in workers} == names
     uid = scheduler["metadata"]["uid"]
-    for obj in [*workers, *k.ns.objects("services"), *k.ns.objects("secrets")]:
+    mine = {"gateway.dask.org/cluster": cluster.name}
+    for obj in [*workers, *k.ns.objects("services", **mine), *k.ns.objects("secrets", **mine)]:
         [owner] = obj["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["uid"], owner["blockOwnerDeletion"]) == ("Pod", uid, True)
     for pod in [scheduler, *workers]:
@@ -309,8 +316,9 @@ def test_the_process_kubelet_runs_pods_like_a_kubelet(kube_env, tmp_path):
         [cond] = wait_for(unschedulable, what="PodScheduled=False")
         assert cond["message"] == "0/1 nodes are available: 1 Insufficient cpu."
     finally:
-        assert kubelet.stop() == 0
+        killed = kubelet.stop()
         ns.delete()
+    assert killed == 0, f"{killed} pod processes outlived the process kubelet"
 
 
 def test_scale_down_deletes_the_pods_of_the_retired_workers(make_k8s):
@@ -356,7 +364,6 @@ def test_unschedulable_pods_are_pending_with_the_reason_and_scaled_down_first(ma
     cluster.shutdown()
 
 
-@local_only
 def hybrid_config(pools: dict, standin_factory, tmp_path: Path) -> str:
     """Gateway config lines for worker pools that include an HTCondor pool on the stand-in."""
     socket_path = str(standin_factory().socket_path)
@@ -419,6 +426,7 @@ def test_hybrid_cluster_spills_from_capped_pods_to_jobs_computes_and_scales_to_n
         k.gateway.stop()
 
 
+@local_only  # needs a node too small for the pods: the process kubelet's capacity
 def test_placement_moves_unschedulable_workers_to_htcondor_with_the_reason(make_k8s, tmp_path):
     """A hybrid cluster: the pod that does not fit bursts to an HTCondor pool (stand-in)."""
     from tests.htcondor_standin import start_standin
@@ -515,27 +523,32 @@ def test_the_watch_resumes_after_a_cut_and_relists_after_410(make_k8s):
     # 1. Cut every connection and refuse new ones; a pod appears meanwhile. The watch resumes
     #    from its resourceVersion (no re-list) and the ADDED event reaches the cache: the pod,
     #    which has no record, is deleted.
+    def log_since(offset: int) -> str:
+        return log.read_text()[offset:]
+
+    start = len(log.read_text())
     assert k.proxy.cut(refuse=True) >= 1
     stray("one")
     time.sleep(3)
     assert "stray-one" in k.ns.names("pods")
     k.proxy.allow()
     wait_for(lambda: "stray-one" not in k.ns.names("pods"), what="stray-one deleted")
-    text = log.read_text()
+    text = log_since(start)
     assert "Pod watch resumed from resourceVersion" in text
-    assert text.count("Pod cache listed") == 1 and "re-listing" not in text
+    assert "Pod cache listed" not in text and "re-listing" not in text
 
     # 2. Cut again; while away, etcd is compacted past the watch's resourceVersion: the API
     #    server answers 410 Gone, the launcher re-lists and finds (and deletes) the new pod.
+    start = len(log.read_text())
     k.proxy.cut(refuse=True)
     stray("two")
     time.sleep(1)
     k.env.compact_etcd()
     k.proxy.allow()
     wait_for(lambda: "stray-two" not in k.ns.names("pods"), what="stray-two deleted")
-    text = log.read_text()
+    text = log_since(start)
     assert "is gone (410" in text and "re-listing" in text
-    assert text.count("Pod cache listed") == 2
+    assert text.count("Pod cache listed") == 1
     # The cluster noticed nothing.
     assert k.gw.cluster_details(cluster.name)["status"] == "RUNNING"
     client = cluster.get_client()
@@ -599,14 +612,10 @@ def test_restart_reconciles_pods_and_records(make_k8s):
     cluster.shutdown()
 
 
-def test_the_gateway_runs_with_exactly_the_rbac_deploy_ships(kube_env, tmp_path):
+def test_the_shipped_rbac_grants_the_gateway_exactly_the_permissions_it_uses(kube_env, tmp_path):
+    # Every other test runs its gateway under this same ServiceAccount (deploy/rbac.yaml).
     ns = TestNamespace(kube_env, tmp_path).create()
     try:
-        role = kube_env.admin.get(
-            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns.name}/roles/elastic-gateway"
-        )
-        shipped = next(d for d in ns.rbac if d["kind"] == "Role")
-        assert role["rules"] == shipped["rules"]
         as_gateway = SyncKube(ns.gateway_kubeconfig())
         try:
             _, review = as_gateway.request(
@@ -619,7 +628,10 @@ def test_the_gateway_runs_with_exactly_the_rbac_deploy_ships(kube_env, tmp_path)
                 if rule.get("apiGroups") == [""]:
                     granted |= {(r, v) for r in rule["resources"] for v in rule["verbs"]}
             wanted = {(r, v) for r, verbs in REQUIRED_PERMISSIONS.items() for v in verbs}
-            assert granted == wanted
+            if kube_env.local:
+                assert granted == wanted
+            else:  # a real cluster may grant every account more (its own cluster roles)
+                assert wanted <= granted
             status, _ = as_gateway.request(
                 "GET", f"/api/v1/namespaces/{ns.name}/secrets", ok=(403,)
             )
@@ -638,7 +650,8 @@ def test_a_missing_permission_fails_with_a_message_naming_it(make_k8s):
         details = k.gw.cluster_details(name)
         return details if details["status"] == "FAILED" else None
 
-    wait_for(failed, timeout=60, what="the cluster to fail")
+    details = wait_for(failed, timeout=60, what="the cluster to fail")
+    assert "permission to create services" in details["failure_reason"]
     log = k.gateway.log_path.read_text()
     assert (
         f"Kubernetes refused the gateway permission to create services in namespace "
@@ -656,6 +669,7 @@ def test_a_30s_api_server_outage_is_survived(make_k8s):
     cluster = k.gw.new_cluster()
     cluster.scale(1)
     wait_for(lambda: workers_of(cluster) == 1, timeout=90, what="1 pod worker")
+    before = k.worker_pod_names(cluster)
     outage = threading.Thread(target=k.env.cp.apiserver_outage, args=(30,))
     outage.start()
     try:
@@ -671,9 +685,11 @@ def test_a_30s_api_server_outage_is_survived(make_k8s):
     client = cluster.get_client()
     assert client.submit(lambda: 7 * 6).result() == 42
     client.close()
+    assert before <= k.worker_pod_names(cluster)  # the worker from before was never replaced
     details = k.gw.cluster_details(cluster.name)
     assert details["status"] == "RUNNING" and details["failure_reason"] is None
-    assert "unavailable" in " ".join(e["message"] for e in details["events"])
+    messages = [e["message"] for e in details["events"]]
+    assert any(m.startswith("pool pods is unavailable") for m in messages), messages
     cluster.shutdown()
     # Explicit deletions, not garbage collection (which may lag after an outage).
     empty = {"pods": set(), "services": set(), "secrets": set()}

@@ -8,13 +8,9 @@ import signal
 import pytest
 from dask_gateway import BasicAuth, GatewayCluster
 
-from .conftest import http, process_groups, wait_for
+from .conftest import http, process_groups, wait_for, workers_of
 
 pytestmark = pytest.mark.e2e
-
-
-def n_workers(cluster) -> int:
-    return len(cluster.scheduler_info.get("workers", {}))
 
 
 def running_in_gateway(gw, cluster) -> int:
@@ -26,7 +22,7 @@ def test_scale_up_compute_scale_down_and_shutdown_with_exact_worker_counts(gw, g
     assert process_groups(gateway) and len(process_groups(gateway)) == 1  # the scheduler
 
     cluster.scale(3)
-    wait_for(lambda: n_workers(cluster) == 3, what="3 workers")
+    wait_for(lambda: workers_of(cluster) == 3, what="3 workers")
     client = cluster.get_client()
     assert client.submit(sum, range(101)).result() == 5050
     assert client.gather(client.map(lambda x: x * x, range(10))) == [x * x for x in range(10)]
@@ -34,7 +30,7 @@ def test_scale_up_compute_scale_down_and_shutdown_with_exact_worker_counts(gw, g
     assert len(process_groups(gateway)) == 1 + 3
 
     cluster.scale(1)
-    wait_for(lambda: n_workers(cluster) == 1, what="scale down to 1")
+    wait_for(lambda: workers_of(cluster) == 1, what="scale down to 1")
     wait_for(lambda: len(process_groups(gateway)) == 1 + 1, what="2 workers' processes to end")
     assert running_in_gateway(gw, cluster) == 1
 
@@ -48,7 +44,7 @@ def test_gateway_killed_and_restarted_keeps_the_cluster_and_its_workers(gateways
     gw = gateways.client(gateway)
     cluster = gw.new_cluster(shutdown_on_close=False)
     cluster.scale(2)
-    wait_for(lambda: n_workers(cluster) == 2, what="2 workers")
+    wait_for(lambda: workers_of(cluster) == 2, what="2 workers")
     workers_before = set(cluster.scheduler_info["workers"])
     groups_before = process_groups(gateway)
     name = cluster.name
@@ -64,7 +60,7 @@ def test_gateway_killed_and_restarted_keeps_the_cluster_and_its_workers(gateways
         cluster = gw.connect(name)
         assert set(cluster.scheduler_info["workers"]) == workers_before
         cluster.scale(3)
-        wait_for(lambda: n_workers(cluster) == 3, what="3 workers after restart")
+        wait_for(lambda: workers_of(cluster) == 3, what="3 workers after restart")
         client = cluster.get_client()
         assert client.submit(lambda: 42).result() == 42
         client.close()
@@ -78,7 +74,7 @@ def test_gateway_killed_and_restarted_keeps_the_cluster_and_its_workers(gateways
 def test_worker_killed_from_outside_is_replaced(gw, gateway):
     cluster = gw.new_cluster()
     cluster.scale(2)
-    wait_for(lambda: n_workers(cluster) == 2, what="2 workers")
+    wait_for(lambda: workers_of(cluster) == 2, what="2 workers")
     before = set(cluster.scheduler_info["workers"])
     scheduler_group = min(process_groups(gateway), key=lambda g: _group_start(g))
     victim = next(g for g in process_groups(gateway) if g != scheduler_group)
@@ -143,7 +139,7 @@ def test_bad_cluster_options_are_refused_with_a_message_saying_what_to_change(
     # Nothing else is affected: the existing cluster still runs and no new one exists.
     assert [c.name for c in gw.list_clusters()] == [running.name]
     running.scale(1)
-    wait_for(lambda: n_workers(running) == 1, what="the existing cluster to still scale")
+    wait_for(lambda: workers_of(running) == 1, what="the existing cluster to still scale")
     running.shutdown()
 
 
@@ -163,13 +159,13 @@ def test_other_users_cannot_see_scale_or_stop_a_cluster(gw, gateway):
     cluster = gw.new_cluster()
     name = cluster.name
     cluster.scale(1)
-    wait_for(lambda: n_workers(cluster) == 1, what="1 worker")
+    wait_for(lambda: workers_of(cluster) == 1, what="1 worker")
     assert http(gateway, "GET", f"/api/v1/clusters/{name}", username="mallory")[0] == 403
     assert http(gateway, "GET", f"/api/elastic/v1/clusters/{name}", username="mallory")[0] == 404
     status, _ = http(gateway, "POST", f"/api/v1/clusters/{name}/scale", {"count": 0}, "mallory")
     assert status == 403
     # A scale-down retires workers before the scheduler hears of it: nothing was retired.
-    assert n_workers(cluster) == 1
+    assert workers_of(cluster) == 1
     assert http(gateway, "DELETE", f"/api/v1/clusters/{name}", username="mallory")[0] == 403
     assert http(gateway, "GET", "/api/v1/clusters/", username="mallory") == (200, {})
     assert cluster.status == "running" and gw.list_clusters()[0].name == name
@@ -187,7 +183,7 @@ def test_graceful_gateway_stop_stops_every_cluster(gateways, gateway):
     gw = gateways.client(gateway)
     cluster = gw.new_cluster(shutdown_on_close=False)
     cluster.scale(1)
-    wait_for(lambda: n_workers(cluster) == 1, what="1 worker")
+    wait_for(lambda: workers_of(cluster) == 1, what="1 worker")
     cluster.close()
     gw.close()
     assert gateway.stop() == 0

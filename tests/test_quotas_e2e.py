@@ -8,7 +8,7 @@ import warnings
 import pytest
 from dask_gateway import GatewayWarning
 
-from .conftest import http, process_groups, wait_for
+from .conftest import http, process_groups, wait_for, workers_of
 
 pytestmark = pytest.mark.e2e
 
@@ -39,10 +39,6 @@ c.ElasticBackend.max_worker_memory = 1
 
 def start(gateways, vos: str, extra: str = ""):
     return gateways.start(GROUPS_AUTH + SIZES + f"c.ElasticBackend.vos = {vos}\n" + extra)
-
-
-def workers_of(cluster) -> int:
-    return len(cluster.scheduler_info.get("workers", {}))
 
 
 def test_new_cluster_beyond_max_clusters_per_user_is_refused_naming_the_limit(gateways):

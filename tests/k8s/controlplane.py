@@ -236,6 +236,17 @@ def _child_setup_no_pdeathsig() -> None:
     os.setsid()
 
 
+def child_preexec():
+    """``preexec_fn`` for a child in its own session that dies with this process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only used
+    from the main thread (a restart from asyncio.to_thread must not die with its
+    worker thread).
+    """
+    on_main = threading.current_thread() is threading.main_thread()
+    return _child_setup if on_main else _child_setup_no_pdeathsig
+
+
 class _Proc:
     def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
         self.name = name
@@ -247,16 +258,13 @@ class _Proc:
         log = open(self.log_path, "ab")
         log.write(f"\n==== {time.strftime('%H:%M:%S')} starting {self.name}\n".encode())
         log.flush()
-        # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only use it from the
-        # main thread (a restart from asyncio.to_thread must not die with its worker thread).
-        on_main = threading.current_thread() is threading.main_thread()
         try:
             self.popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup if on_main else _child_setup_no_pdeathsig,
+                preexec_fn=child_preexec(),
                 close_fds=True,
             )
         finally:

@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 import yaml
 
-from gateway_backend.embedded import processes_in
+from gateway_backend.embedded import processes_in, write_private_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -42,13 +42,6 @@ sys.path.insert(0, str(HERE))
 from kubeclient import KubeError, SyncKube  # noqa: E402
 
 REAL_KUBECONFIG = os.environ.get("ELASTIC_GATEWAY_TEST_KUBECONFIG", "")
-
-
-def _write_private(path: Path, data: dict) -> str:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    return str(path)
 
 
 class KubeEnv:
@@ -163,13 +156,18 @@ class TestNamespace:
         self.admin = env.admin
 
     def create(self, drop: tuple[str, str] | None = None) -> TestNamespace:
+        """Create the namespace and its RBAC; on any failure delete what was made."""
         self.admin.request("POST", "/api/v1/namespaces", body={"metadata": {"name": self.name}})
-        self.rbac = rbac_documents(self.name, drop)
-        for doc in self.rbac:
-            self.admin.request("POST", API_PATHS[doc["kind"]].format(ns=self.name), body=doc)
-        self.service_account = next(d for d in self.rbac if d["kind"] == "ServiceAccount")
-        # Pods need the namespace's `default` ServiceAccount (the admission plugin checks).
-        self.wait_for(f"/api/v1/namespaces/{self.name}/serviceaccounts/default")
+        try:
+            self.rbac = rbac_documents(self.name, drop)
+            for doc in self.rbac:
+                self.admin.request("POST", API_PATHS[doc["kind"]].format(ns=self.name), body=doc)
+            self.service_account = next(d for d in self.rbac if d["kind"] == "ServiceAccount")
+            # Pods need the namespace's `default` ServiceAccount (the admission plugin checks).
+            self.wait_for(f"/api/v1/namespaces/{self.name}/serviceaccounts/default")
+        except BaseException:
+            self.delete()
+            raise
         return self
 
     def wait_for(self, path: str, timeout: float = 60) -> dict:
@@ -207,7 +205,9 @@ class TestNamespace:
             ],
             "current-context": "test",
         }
-        return _write_private(self.tmp / f"{name}.kubeconfig", cfg)
+        path = self.tmp / f"{name}.kubeconfig"
+        write_private_json(path, cfg)
+        return str(path)
 
     def objects(self, kind: str, **labels: str) -> list[dict]:
         query = {}
@@ -270,9 +270,12 @@ class ProcessKubelet:
             str(ready),
             *self.args,
         ]
+        from controlplane import child_preexec
+
         with open(self.log_path, "ab") as log:
+            # Own session, and killed with this process if it dies without stopping us.
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_preexec()
             )
         deadline = time.monotonic() + timeout
         while not ready.exists():
