@@ -1,0 +1,109 @@
+"""What a pod's status means for the gateway, in reasons an analyst can act on.
+
+Pure functions of the pod dict as the API (and so the watch cache) returns it:
+the phase, the ``PodScheduled`` and ``Ready`` conditions and the containers'
+waiting or terminated states become a ``WorkerCheck`` and its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..base import WorkerCheck, WorkerPhase
+
+# Waiting reasons that never resolve by themselves: the worker failed.
+PERMANENT_WAITING = frozenset(
+    {
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+MAX_REASON = 400
+
+
+def shorten(text: str) -> str:
+    """``text`` on one line and at most ``MAX_REASON`` characters: reasons land in events."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+def _condition(pod: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return None
+
+
+def unschedulable_reason(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's message when it cannot place the pod, else None."""
+    cond = _condition(pod, "PodScheduled")
+    if cond and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+        return shorten(f"unschedulable: {cond.get('message') or 'no node fits the pod'}")
+    return None
+
+
+def termination_reason(pod: Mapping[str, Any]) -> str:
+    """Why a pod ended: the container's termination reason, exit code and message."""
+    status = pod.get("status") or {}
+    parts = []
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
+            "terminated"
+        )
+        if term:
+            text = f"container {cs.get('name')} {term.get('reason') or 'terminated'}"
+            text += f" (exit code {term.get('exitCode')})"
+            if term.get("message"):
+                text += f": {term['message'].strip()}"
+            parts.append(text)
+    if status.get("reason") or status.get("message"):
+        parts.append(f"{status.get('reason', '')} {status.get('message', '')}".strip())
+    return shorten(f"pod {status.get('phase', 'ended').lower()}: " + ("; ".join(parts) or "?"))
+
+
+def check_pod(pod: Mapping[str, Any]) -> WorkerCheck:
+    """What a worker pod's status means for the gateway."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase in ("Succeeded", "Failed"):
+        return WorkerCheck(WorkerPhase.FAILED, termination_reason(pod))
+    if meta.get("deletionTimestamp"):
+        return WorkerCheck(WorkerPhase.FAILED, "the pod is being deleted")
+    waiting = []
+    for cs in status.get("containerStatuses") or []:
+        w = (cs.get("state") or {}).get("waiting")
+        if w:
+            if w.get("reason") in PERMANENT_WAITING:
+                why = f"container {cs.get('name')}: {w.get('reason')}: {w.get('message', '')}"
+                return WorkerCheck(WorkerPhase.FAILED, shorten(why))
+            waiting.append(f"{w.get('reason', 'waiting')}: {w.get('message', '')}".rstrip(": "))
+    if phase == "Running":
+        ready = _condition(pod, "Ready")
+        if ready and ready.get("status") == "True":
+            return WorkerCheck(WorkerPhase.RUNNING)
+        return WorkerCheck(
+            WorkerPhase.PENDING, shorten("running, not ready yet " + "; ".join(waiting))
+        )
+    if phase == "Unknown":
+        return WorkerCheck(WorkerPhase.PENDING, "pod status unknown (its node is unreachable)")
+    unschedulable = unschedulable_reason(pod)
+    if unschedulable:
+        return WorkerCheck(WorkerPhase.PENDING, unschedulable)
+    node = (pod.get("spec") or {}).get("nodeName")
+    if not node:
+        return WorkerCheck(WorkerPhase.PENDING, "waiting for the Kubernetes scheduler")
+    return WorkerCheck(
+        WorkerPhase.PENDING,
+        shorten(f"starting on node {node}" + (f" ({'; '.join(waiting)})" if waiting else "")),
+    )
+
+
+def pod_alive(pod: Mapping[str, Any]) -> bool:
+    """A scheduler pod that is pending or running and not being deleted."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
