@@ -1,9 +1,10 @@
 """``elastic-gateway demo``: the whole product on one machine, end to end.
 
 Starts the embedded gateway, creates a cluster through ``client_ext``, scales
-it, runs a small columnar analysis (a dimuon invariant-mass histogram over
-synthetic events, chunked across workers), prints the result and timings,
-and shuts everything down.
+it, opens its Dask dashboard once through the gateway proxy, runs a small
+columnar analysis (a dimuon invariant-mass histogram over synthetic events,
+chunked across workers), prints the result and timings, and shuts everything
+down.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +76,25 @@ def _progress(cluster, target: int, timeout: float = 180.0) -> float:
         time.sleep(0.1)
 
 
+def fetch_dashboard(link: str | None, headers: dict[str, str]) -> tuple[bool, str]:
+    """Open the dashboard page once, as the analyst's browser would: (answered, what happened).
+
+    A missing dashboard (no bokeh in the scheduler's environment, no proxy route) then
+    shows up in the demo, not first in someone's notebook.
+    """
+    if not link:
+        return False, "the gateway reported no dashboard for the cluster"
+    request = urllib.request.Request(link, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            status, body = resp.status, resp.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as err:
+        return False, f"no answer: {err}"
+    if status != 200 or "Bokeh.embed" not in body:
+        return False, f"answered {status} without the Bokeh dashboard (bokeh missing?)"
+    return True, f"answered {status}, the Bokeh status page ({len(body) / 1024:.0f} KiB)"
+
+
 def run_demo(n_workers: int = 4, keep_state: bool = False) -> int:
     from client_ext import ElasticGateway
 
@@ -98,6 +120,10 @@ def run_demo(n_workers: int = 4, keep_state: bool = False) -> int:
             cluster.scale(n_workers)
             _progress(cluster, n_workers)
             timings[f"scale 0 -> {n_workers}"] = time.monotonic() - t0
+            headers, _ = gw.auth.pre_request(None)
+            dashboard_ok, dashboard = fetch_dashboard(cluster.dashboard_link, headers)
+            print(f"Dashboard: {cluster.dashboard_link}")
+            print(f"  opened once through the gateway proxy: {dashboard}")
 
             client = cluster.get_client()
             t0 = time.monotonic()
@@ -135,10 +161,16 @@ def run_demo(n_workers: int = 4, keep_state: bool = False) -> int:
         if leftovers:
             print(f"FAILED: {len(leftovers)} processes outlived the gateway", file=sys.stderr)
             return 1
+        if not dashboard_ok:
+            print(f"FAILED: the dashboard {cluster.dashboard_link}: {dashboard}", file=sys.stderr)
+            return 1
         print("Demo finished: everything was started, used and stopped.")
         return 0
     except Exception as exc:
-        print(f"\nDemo failed: {exc}\nGateway log tail:\n{gateway.log_tail()}", file=sys.stderr)
+        print(f"\nDemo failed: {exc}", file=sys.stderr)
+        tail = gateway.log_tail()
+        if tail and tail not in str(exc):  # start-up errors already carry the log
+            print(f"Gateway log tail:\n{tail}", file=sys.stderr)
         return 1
     finally:
         gateway.kill()
