@@ -11,6 +11,7 @@ prints medians and the ratio elastic/upstream.
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import shutil
 import statistics
@@ -41,7 +42,7 @@ c.LocalClusterConfig.worker_cmd = [{dask!r}, "worker"]
 
 
 def measure(gateway: GatewayProcess, password: str, n: int) -> tuple[float, float]:
-    auth = BasicAuth("bench", password)
+    auth = BasicAuth(getpass.getuser(), password)  # the embedded gateway's single user
     t0 = time.perf_counter()
     with ElasticCluster(address=gateway.address, auth=auth) as cluster:
         started = time.perf_counter() - t0

@@ -6,6 +6,6 @@ environment plus views of where a cluster's workers run. No server dependency.
 """
 
 from .cluster import ElasticCluster
-from .gateway import ElasticGateway, resolve_address_and_auth
+from .gateway import ElasticGateway, GatewayIdentityError, resolve_address_and_auth
 
-__all__ = ["ElasticCluster", "ElasticGateway", "resolve_address_and_auth"]
+__all__ = ["ElasticCluster", "ElasticGateway", "GatewayIdentityError", "resolve_address_and_auth"]

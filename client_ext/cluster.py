@@ -1,7 +1,8 @@
-"""``ElasticCluster``: a ``GatewayCluster`` that shows where its workers run."""
+"""``ElasticCluster``: a ``GatewayCluster`` that shows where its workers run and its dashboard."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 from typing import Any
 
@@ -21,9 +22,24 @@ class ElasticCluster(GatewayCluster):
         """As ``GatewayCluster.close``; also safe to call again (or at interpreter exit)."""
         if self.asynchronous:
             return super().close(shutdown=shutdown)
+        if self._on_loop_thread():
+            # Called on the client's own event loop (``__del__`` of a cluster whose
+            # creation failed runs there): waiting for the loop from itself would hang
+            # forever, so the stop runs as a task of that loop instead.
+            if self.status != "closed":
+                self._stop_task = asyncio.ensure_future(self._stop_internal(shutdown=shutdown))
+            return None
         if self.status != "closed" and self.gateway.loop.asyncio_loop.is_running():
             self.gateway.sync(self._stop_internal, shutdown=shutdown)
         close_once(self.gateway, self.gateway.close)
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        gateway = getattr(self, "gateway", None)
+        return gateway is not None and running is gateway.loop.asyncio_loop
 
     def details(self) -> dict[str, Any]:
         """The gateway's view of this cluster: workers per pool, events, failure reason."""
@@ -62,10 +78,32 @@ class ElasticCluster(GatewayCluster):
             return status
         return status + f"<p><b>Workers per pool:</b> {html.escape(pools)}</p>"
 
+    def _widget(self):
+        """Upstream's ipywidget (scale/adapt controls, dashboard link), titled ElasticCluster."""
+        if hasattr(self, "_cached_widget"):  # built already (None: no ipywidgets)
+            return self._cached_widget
+        box = super()._widget()
+        if box is not None:
+            box.children[0].value = "<h2>ElasticCluster</h2>"
+        return box
+
+    def _dashboard_html(self) -> str:
+        if not self.dashboard_link:
+            return "not available"
+        link = html.escape(self.dashboard_link, quote=True)
+        return f'<a href="{link}" target="_blank">{link}</a>'
+
     def _repr_html_(self) -> str:
+        """Name, dashboard link (through the gateway proxy) and workers per pool."""
         pools = html.escape(self._pools_text() or "none yet")
         return (
-            super()
-            ._repr_html_()
-            .replace("  </ul>", f"    <li><b>Workers per pool: </b>{pools}\n  </ul>", 1)
+            "<div style='background-color: #f2f2f2; display: inline-block; "
+            "padding: 10px; border: 1px solid #999999;'>\n"
+            "  <h3>ElasticCluster</h3>\n"
+            "  <ul>\n"
+            f"    <li><b>Name: </b>{html.escape(str(self.name))}\n"
+            f"    <li><b>Dashboard: </b>{self._dashboard_html()}\n"
+            f"    <li><b>Workers per pool: </b>{pools}\n"
+            "  </ul>\n"
+            "</div>\n"
         )

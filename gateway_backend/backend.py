@@ -9,6 +9,7 @@ worker starts, stops and checks batched per launcher.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ from .quotas import (
     workers_grantable,
 )
 from .scale_down import choose_running_to_retire, retire_on_scheduler
+from .usertext import one_line, quoted
 
 
 class ElasticBackend(DBBackendBase):
@@ -179,6 +181,23 @@ class ElasticBackend(DBBackendBase):
         config=True,
     )
 
+    metrics_api_token = Unicode(
+        "",
+        help="""
+        Bearer token that Prometheus presents to scrape ``/api/elastic/v1/metrics``
+        (``authorization: {credentials: ...}`` in the scrape config). Without it,
+        only users the authenticator marks as admins may read the metrics, which
+        name every VO with its limits and usage. Keep it out of world-readable
+        files; the environment variable ``ELASTIC_GATEWAY_METRICS_TOKEN`` is read
+        when this is not set.
+        """,
+        config=True,
+    )
+
+    @default("metrics_api_token")
+    def _default_metrics_api_token(self) -> str:
+        return os.environ.get("ELASTIC_GATEWAY_METRICS_TOKEN", "")
+
     launcher_retry_delay = Float(
         5.0,
         min=0.1,
@@ -238,7 +257,8 @@ class ElasticBackend(DBBackendBase):
     async def setup(self, app) -> None:
         self._started_launchers: list[Launcher] = []  # released in reverse on shutdown
         self._load_vos()
-        self.events = EventLog()
+        # A stopped cluster's events stay readable as long as upstream keeps its record.
+        self.events = EventLog(keep_stopped_for=self.db_cluster_max_age)
         # Latest pending/failure reason per worker name, from the launchers' checks.
         self.worker_conditions: dict[str, WorkerCheck] = {}
         # Clusters with fewer workers than requested (pools full, VO quota), in request order.
@@ -338,8 +358,11 @@ class ElasticBackend(DBBackendBase):
         options = await self.get_cluster_options(user)
         problem = explain_invalid_options(options, request or {})
         if problem:
-            raise PublicException(problem)
+            raise PublicException(one_line(problem))
         options, config = await super().process_cluster_options(user, request or {})
+        if "worker_pools" in options:
+            # Each pool once: a name repeated would count its cap once per repetition.
+            options = {**options, "worker_pools": ",".join(self._requested_pools(options))}
         if self.vo_table:
             try:
                 vo = choose_vo(
@@ -350,8 +373,8 @@ class ElasticBackend(DBBackendBase):
                     self.users_without_vo,
                 )
             except QuotaRefused as exc:
-                self.quota_refusals[(options.get("vo") or "", "membership")] += 1
-                raise PublicException(str(exc)) from None
+                self.count_refusal(options.get("vo") or "", "membership")
+                raise PublicException(one_line(str(exc))) from None
             options = {**options, "vo": vo.name}
             self._check_requested_pools(options, vo.name)
             if vo.max_workers_per_cluster is not None:
@@ -360,20 +383,37 @@ class ElasticBackend(DBBackendBase):
                 config.cluster_max_workers = limit if current is None else min(current, limit)
         else:
             self._check_requested_pools(options, None)
+        # Launchers refuse now, as a 4xx, what they could not submit later (an
+        # HTCondor accounting user name, say).
+        pools = self.pools_for(FrozenAttrDict({"options": options}))
+        launchers = [self.scheduler_launcher_instance, *(pool.launcher for pool in pools)]
+        for launcher in dict.fromkeys(launchers):
+            try:
+                launcher.check_cluster_request(user.name, options, config)
+            except ValueError as exc:
+                raise PublicException(one_line(str(exc))) from None
         return options, config
 
     def _requested_pools(self, options) -> list[str]:
+        """The owner's pool names in order, each once."""
         raw = options.get("worker_pools") or ""
-        return [name.strip() for name in raw.split(",") if name.strip()]
+        names = (name.strip() for name in raw.split(","))
+        return list(dict.fromkeys(name for name in names if name))
 
     def _check_requested_pools(self, options, vo: str | None) -> None:
         allowed = [p.name for p in self.pools if p.allows(vo)]
         bad = [n for n in self._requested_pools(options) if n not in allowed]
         if bad:
+            shown = ", ".join(quoted(n) for n in bad[:5])
             raise PublicException(
-                f"worker_pools: {', '.join(map(repr, bad))} is not a pool you may use; "
+                f"worker_pools: {shown} is not a pool you may use; "
                 f"choose from: {', '.join(allowed) or 'none'}"
             )
+
+    def count_refusal(self, vo: str, kind: str) -> None:
+        """Count a quota refusal for the metrics, labelled only with configured VO names."""
+        label = vo if vo in self.vo_table or vo == "" else "(unknown)"
+        self.quota_refusals[(label, kind)] += 1
 
     def vo_of(self, cluster: Cluster) -> VO | None:
         return self.vo_table.get(cluster.options.get("vo") or "")
@@ -392,8 +432,8 @@ class ElasticBackend(DBBackendBase):
             try:
                 check_new_cluster(vo, self.usage_of(vo), user.name, FrozenAttrDict(config_dict))
             except QuotaRefused as exc:
-                self.quota_refusals[(vo.name, "cluster")] += 1
-                raise PublicException(str(exc)) from None
+                self.count_refusal(vo.name, "cluster")
+                raise PublicException(one_line(str(exc))) from None
         cluster = self.db.create_cluster(user.name, options, config_dict)
         self.log.info(
             "Created cluster %s for user %s (VO %s)", cluster.name, user.name, options.get("vo")
@@ -424,7 +464,7 @@ class ElasticBackend(DBBackendBase):
                 f"{target} workers now, the other {target - granted} start by themselves "
                 "when the VO's usage drops."
             )
-            self.quota_refusals[(vo.name, "workers")] += 1
+            self.count_refusal(vo.name, "workers")
         return " ".join(parts) or None
 
     # -- pools and placement ------------------------------------------------------------
@@ -440,7 +480,7 @@ class ElasticBackend(DBBackendBase):
         if not names:
             defaults = self.default_worker_pools
             names = defaults.get(vo or "", defaults.get("*", list(allowed)))
-        return [allowed[n] for n in names if n in allowed]
+        return [allowed[n] for n in dict.fromkeys(names) if n in allowed]
 
     def pool_usage(self) -> dict[str, int]:
         """Workers per pool over all clusters, stopping ones until they are gone."""
@@ -707,6 +747,7 @@ class ElasticBackend(DBBackendBase):
 
     async def _cluster_to_stopped(self, cluster: Cluster) -> None:
         await super()._cluster_to_stopped(cluster)
+        self.events.stopped(cluster.name)
         self._waiting.pop(cluster.name, None)
         self._wake_waiting()
 

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from client_ext.gateway import default_state_directory
 
-from .embedded import DEFAULT_PORT, embedded_config, write_client_file
+from .embedded import (
+    DEFAULT_PORT,
+    StateDirectoryBusy,
+    embedded_config,
+    lock_state_directory,
+    tighten_state_directory,
+    write_client_file,
+)
 
 
 def _notebook_snippet(address: str, state_dir: Path) -> str:
@@ -28,10 +35,40 @@ Stop with Ctrl-C (running clusters are stopped first).
 """
 
 
+def _claim_state_directory(state_dir: Path) -> int | None:
+    """Lock and tighten the state directory: None once it is ours, else an exit code (said why).
+
+    The lock's descriptor stays open, unreferenced, for the life of the process.
+    """
+    try:
+        lock_state_directory(state_dir)  # before anything in it is read or written
+        changes = tighten_state_directory(state_dir)
+    except StateDirectoryBusy as busy:
+        print(f"elastic-gateway: {busy}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"elastic-gateway: --state-dir {state_dir}: {err}", file=sys.stderr)
+        return 2
+    for change in changes:
+        print(f"elastic-gateway: {change}", file=sys.stderr, flush=True)
+    return None
+
+
 def serve(args: argparse.Namespace) -> int:
+    # Everything serve creates (database, logs, cluster files) is this user's only.
+    os.umask(0o077)
     from dask_gateway_server.app import DaskGateway
 
+    from .identity import add_identity_route, new_identity_key
+
+    if args.config and not Path(args.config).is_file():
+        print(f"elastic-gateway: --config {args.config}: no such file", file=sys.stderr)
+        return 2
     state_dir = Path(args.state_dir).resolve()
+    refused = _claim_state_directory(state_dir)
+    if refused is not None:
+        return refused
+    identity_key = new_identity_key()
     config = embedded_config(state_dir, args.port)
 
     class EmbeddedGateway(DaskGateway):
@@ -44,16 +81,14 @@ def serve(args: argparse.Namespace) -> int:
                 super().load_config_file(str(Path(args.config).resolve()))
 
         async def setup(self):
+            add_identity_route(self.app, identity_key)
             await super().setup()
             proxy = self.backend.proxy
             host, port = proxy.address.rsplit(":", 1)
             address = f"http://{host or '127.0.0.1'}:{port}"
-            write_client_file(state_dir, address)
+            write_client_file(state_dir, address, identity_key)
             print(_notebook_snippet(address, state_dir), flush=True)
 
-    if args.config and not Path(args.config).is_file():
-        print(f"elastic-gateway: --config {args.config}: no such file", file=sys.stderr)
-        return 2
     app = EmbeddedGateway(config=config)
     app.initialize(["--log-level", args.log_level])
     app.start()

@@ -3,17 +3,21 @@
 ``elastic-gateway serve`` keeps everything a restart needs in one directory:
 the SQLite database, the database encryption key, the proxy token, the
 password clients use, and the clusters' working directories. Secrets are files
-of mode 0600, never command-line arguments or log lines.
+of mode 0600, never command-line arguments or log lines. The directory is mode
+0700 and locked by the one ``serve`` that uses it: a second one would adopt the
+first one's clusters and stop them when their heartbeats go elsewhere.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -27,7 +31,71 @@ import psutil
 from client_ext.gateway import CLIENT_FILE
 
 SECRETS_FILE = "secrets.json"
+LOCK_FILE = "serve.lock"
 DEFAULT_PORT = 8000
+
+
+class StateDirectoryBusy(Exception):
+    """Another ``elastic-gateway serve`` holds the state directory."""
+
+    def __init__(self, state_dir: Path, holder: str) -> None:
+        self.state_dir = state_dir
+        self.holder = holder
+        who = f"pid {holder}" if holder.isdigit() else "pid unknown"
+        super().__init__(
+            f"the state directory {state_dir} is in use by another `elastic-gateway serve` "
+            f"({who}). Stop that gateway first, or give this one its own --state-dir."
+        )
+
+
+def lock_state_directory(state_dir: Path) -> int:
+    """Lock ``state_dir`` for this process's lifetime; the open descriptor holds the lock.
+
+    ``flock`` on a file in the directory: the kernel releases it when the process
+    ends however it ends (SIGKILL included). The descriptor is close-on-exec, so
+    the proxy and cluster processes, which outlive a crash, never hold it. The
+    holder's pid is written into the file for the refusal message.
+    Raises ``StateDirectoryBusy`` when another process holds it.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+        os.close(fd)
+        raise StateDirectoryBusy(state_dir, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def tighten_state_directory(state_dir: Path) -> list[str]:
+    """Make ``state_dir`` 0700 and its top-level files 0600; say what was wider.
+
+    A directory made by an older version or by hand may be 0755 with a
+    world-readable database in it. Refuses a directory owned by another user.
+    """
+    st = os.stat(state_dir)
+    if st.st_uid != os.getuid():
+        raise PermissionError(
+            f"the state directory {state_dir} belongs to uid {st.st_uid}, not to this user; "
+            "use a --state-dir of your own"
+        )
+    changed = []
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(state_dir, 0o700)
+        changed.append(
+            f"state directory {state_dir} was mode {stat.S_IMODE(st.st_mode):04o}; "
+            "set it to 0700 (only its owner may read the database and secrets)"
+        )
+    for entry in os.scandir(state_dir):
+        if entry.is_file(follow_symlinks=False):
+            mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+            if mode & 0o077:
+                os.chmod(entry.path, mode & 0o700)
+                changed.append(f"{entry.path} was mode {mode:04o}; set it to {mode & 0o700:04o}")
+    return changed
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
@@ -76,17 +144,29 @@ def embedded_config(state_dir: Path, port: int):
     c.ElasticBackend.worker_status_period = 2.0
     c.ElasticBackend.cluster_heartbeat_period = 5
     c.LocalLauncher.work_directory = str(state_dir / "clusters")
+    import getpass  # its clusters are for the one OS user who can read the client file
+
+    c.LocalLauncher.single_user = getpass.getuser()
     return c
 
 
-def write_client_file(state_dir: Path, address: str) -> None:
-    """Where and how local clients connect; mode 0600, so only this OS user can."""
+def write_client_file(state_dir: Path, address: str, identity_key: str) -> None:
+    """Where and how local clients connect; mode 0600, so only this OS user can.
+
+    ``identity_key`` (new at every start) lets clients check that the server at
+    ``address`` is this gateway before they send it the password.
+    """
     import getpass
 
     keys = load_or_create_secrets(state_dir)
     write_private_json(
         state_dir / CLIENT_FILE,
-        {"address": address, "username": getpass.getuser(), "password": keys["password"]},
+        {
+            "address": address,
+            "username": getpass.getuser(),
+            "password": keys["password"],
+            "identity_key": identity_key,
+        },
     )
 
 
@@ -133,13 +213,14 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> GatewayProcess:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         cmd = self.command or [sys.executable, "-m", "gateway_backend.cli", "serve"]
         if self.command is None:
             cmd += ["--state-dir", str(self.state_dir), "--port", str(self.port)]
             if self.config_file:
                 cmd += ["--config", str(self.config_file)]
-        with open(self.log_path, "ab") as log:
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd,
                 stdout=log,

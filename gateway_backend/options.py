@@ -7,6 +7,8 @@ from typing import Any
 
 from dask_gateway_server.options import Float, Integer, Options
 
+from .usertext import quoted
+
 GIB = 2**30
 
 
@@ -53,24 +55,27 @@ def _describe(spec: Mapping[str, Any]) -> str:
 def explain_invalid_options(options: Options, request: Any) -> str | None:
     """A message naming each bad option and its valid values, or None if all are valid."""
     if not isinstance(request, Mapping):
-        return f"cluster options must be a mapping of option name to value, got {request!r}"
+        return f"cluster options must be a mapping of option name to value, got {quoted(request)}"
     specs = {s["field"]: s for s in options.get_specification()}
     problems = []
-    unknown = sorted(set(request) - set(specs))
+    unknown = sorted(set(request) - set(specs), key=str)
     if unknown:
         accepted = ", ".join(sorted(specs)) or "none"
+        shown = ", ".join(quoted(name) for name in unknown[:5])
+        if len(unknown) > 5:
+            shown += f" and {len(unknown) - 5} more"
         problems.append(
-            f"unknown option(s) {', '.join(map(repr, unknown))}: remove them "
-            f"(this gateway accepts: {accepted})"
+            f"unknown option(s) {shown}: remove them (this gateway accepts: {accepted})"
         )
     for field in options.fields:
         if field.field not in request:
             continue
         try:
             field.validate(request[field.field])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, ArithmeticError):
+            # ArithmeticError: float(10**400) overflows inside upstream's validation.
             problems.append(
-                f"{field.field}={request[field.field]!r} is not valid: "
+                f"{field.field}={quoted(request[field.field])} is not valid: "
                 f"use {_describe(specs[field.field])}"
             )
     if not problems:

@@ -16,9 +16,13 @@ def ordered_spill(
 ) -> list[tuple[WorkerPool, int]]:
     """Fill pools in order, each up to its cap; what fits nowhere is left out."""
     out = []
+    seen = set()
     for pool in pools:
         if n <= 0:
             break
+        if pool.name in seen:
+            continue  # a pool listed twice has one cap, not two
+        seen.add(pool.name)
         room = pool.room(in_use.get(pool.name, 0))
         k = n if room is None else min(n, room)
         if k > 0:

@@ -16,6 +16,7 @@ from typing import Any
 from dask_gateway_server.backends.db_base import JobStatus
 
 from .pools import ConfigError, named_settings
+from .usertext import quoted
 
 LIMIT_KEYS = (
     "max_cores",
@@ -134,10 +135,11 @@ def choose_vo(
     if requested:
         if requested not in vos:
             raise QuotaRefused(
-                f"VO {requested!r} does not exist; set the cluster option vo to one of "
+                f"VO {quoted(requested)} does not exist; set the cluster option vo to one of "
                 f"{sorted(vos)} (or leave it empty)"
             )
-        if vos[requested] not in member_of:
+        fallback = not member_of and requested == users_without_vo
+        if vos[requested] not in member_of and not fallback:
             mine = ", ".join(vo.name for vo in member_of) or "none"
             raise QuotaRefused(
                 f"user {username} is not a member of VO {requested!r} (your VOs: {mine})"

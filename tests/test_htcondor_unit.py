@@ -1,33 +1,60 @@
-"""Unit tests of the HTCondor submit description: what a job ad will and will not contain."""
+"""Unit tests of the HTCondor submit description: what a job ad will and will not contain.
+
+Quoting is checked the way a schedd sees it: the description goes through the real
+``htcondor2.Submit`` (text, then macro expansion) into a job ad, built by the schedd
+stand-in's ``expand_submit`` without starting its daemon, and the job's arguments and
+environment are read back from that ad.
+"""
 
 from __future__ import annotations
 
+import random
+import re
 from types import SimpleNamespace
 
+import classad2
 import htcondor2
 import pytest
 from dask_gateway_server.utils import FrozenAttrDict
+from traitlets import TraitError
 
-from gateway_backend.launchers.htcondor import HTCondorLauncher, _arguments, _environment
+from gateway_backend.cluster_config import ElasticClusterConfig
+from gateway_backend.launchers.htcondor import HTCondorLauncher
+from gateway_backend.launchers.htcondor_quoting import (
+    UnsafeValue,
+    arguments_value,
+    check_accounting_user,
+    classad_string,
+    constraint_string,
+    environment_value,
+    submit_literal,
+)
 from gateway_backend.quotas import VO
+from tests.htcondor_standin.client import _submit_text
+from tests.htcondor_standin.jobads import (
+    SubmitContext,
+    expand_submit,
+    job_argv_tail,
+    job_environment,
+)
 
 KEY = b"-----BEGIN PRIVATE KEY-----\nSECRETKEYBYTES\n-----END PRIVATE KEY-----\n"
 
 
-def cluster():
+def cluster(username="alice", environment=None, worker_cmd=("dask", "worker")):
     config = FrozenAttrDict(
         {
-            "worker_cmd": ["dask", "worker"],
+            "worker_cmd": list(worker_cmd),
             "worker_cores": 4,
             "worker_threads": 4,
             "worker_memory": 8 * 2**30,
             "worker_gpus": 1,
-            "environment": {"ANALYSIS": "ttbar"},
+            "environment": {"ANALYSIS": "ttbar"} if environment is None else environment,
         }
     )
     return SimpleNamespace(
         name="c0ffee",
-        username="alice",
+        username=username,
         token="api-token-value",
         config=config,
         tls_cert=b"CERT",
@@ -48,10 +75,47 @@ def launcher(tmp_path):
     return launcher
 
 
-def description(launcher, **traits):
+def description(launcher, cluster_=None, **traits):
     for k, v in traits.items():
         setattr(launcher, k, v)
-    return launcher.submit_description(cluster(), "/stage/dask.crt", "/stage/dask.pem")
+    return launcher.submit_description(cluster_ or cluster(), "/stage/dask.crt", "/stage/dask.pem")
+
+
+def job_ad(desc: dict[str, str], tmp_path, worker: str = "w0") -> classad2.ClassAd:
+    """The job ad a schedd makes of ``desc`` (text as ``Schedd.submit`` writes it)."""
+    text = _submit_text(htcondor2.Submit(desc), iter([{"worker_name": worker}]), None, 0)
+    ctx = SubmitContext(cluster_id=1, qdate=0, owner="gateway", submit_cwd=str(tmp_path))
+    [ad] = expand_submit(text, ctx).ads
+    return ad
+
+
+def minimal(**commands: str) -> dict[str, str]:
+    return {"executable": "/bin/true", **commands}
+
+
+#: What hostile users put in names and options: every one must reach the job exactly.
+HOSTILE = [
+    "a\tLD_PRELOAD=evil.so",
+    "it's",
+    "''",
+    "'",
+    'say "hi"',
+    '"',
+    "$(transfer_input_files)",
+    "$ENV(HOME)",
+    "$RANDOM_INTEGER(1,9)",
+    "$",
+    "a$b$",
+    "$(DOLLAR",
+    "a=b",
+    "x; rm -rf ~ && echo pwned",
+    "back\\slash\\",
+    "ünïcødé ✓ 日本",
+    "",
+    "  spaced  ",
+    "#not a comment",
+    "queue 100",
+]
 
 
 def test_resources_come_from_the_cluster_options(launcher):
@@ -68,9 +132,10 @@ def test_jobs_are_tagged_and_carry_a_lease(launcher):
     assert "time() > DaskGatewayLeaseExpires" in desc["periodic_remove"]
 
 
-def test_the_vo_accounting_group_and_the_owner_are_charged(launcher):
-    desc = description(launcher)
-    assert (desc["accounting_group"], desc["accounting_group_user"]) == ("group_cms", "alice")
+def test_the_vo_accounting_group_and_the_owner_are_charged(launcher, tmp_path):
+    ad = job_ad(description(launcher), tmp_path)
+    assert (ad["AcctGroup"], ad["AcctGroupUser"]) == ("group_cms", "alice")
+    assert ad["AccountingGroup"] == "group_cms.alice"
     assert "accounting_group" not in description(launcher, use_accounting_group=False)
 
 
@@ -114,10 +179,164 @@ def test_staged_credentials_are_private(launcher, tmp_path):
     assert open(key, "rb").read() == KEY
 
 
-def test_new_style_quoting_of_arguments_and_environment():
-    expected_args = '"' + "'a b' 'it''s' 'say \"\"x\"\"'" + '"'
-    assert _arguments(["a b", "it's", 'say "x"']) == expected_args
-    assert _environment({"A": "1", "B": "x y"}) == "\"A=1 B='x y'\""
+def test_new_style_quoting_doubles_quotes_and_single_quotes_words_with_spaces():
+    expected_args = '"' + "'a b' 'it''s' say\"\"x\"\" ''" + '"'
+    assert arguments_value(["a b", "it's", 'say"x"', ""]) == expected_args
+    assert environment_value({"A": "1", "B": "x\ty"}) == "\"A=1 B='x\ty'\""
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_an_argument_reaches_the_job_ad_byte_for_byte(value, tmp_path):
+    ad = job_ad(minimal(arguments=arguments_value(["first", value, "last"])), tmp_path)
+    assert job_argv_tail(ad) == ["first", value, "last"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_an_environment_value_reaches_the_job_ad_byte_for_byte(value, tmp_path):
+    env = {"FIRST": "1", "HOSTILE": value, "LAST": "2"}
+    ad = job_ad(minimal(environment=environment_value(env)), tmp_path)
+    assert job_environment(ad) == env
+
+
+def test_dollar_escaping_agrees_with_the_real_expander_on_random_text():
+    # The submit language has corner cases ($(DOLLAR) is re-expanded, $$ is left for
+    # match time): whatever submit_literal accepts must expand back exactly.
+    pieces = ["$", "$$", "(", ")", "DOLLAR", "dollar", "ENV", "secret", ":", " ", "x", "'"]
+    rng = random.Random(11)
+    accepted = 0
+    for _ in range(1500):
+        value = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        try:
+            text = submit_literal(value, "value")
+        except UnsafeValue:
+            assert re.search(r"\$\$|\$\(dollar\)", value, re.IGNORECASE)
+            continue
+        accepted += 1
+        submit = htcondor2.Submit({"secret": "SECRET", "k": f"<{text}>"})
+        assert submit.expand("k") == f"<{value}>"
+    assert accepted > 500
+
+
+def test_the_worker_name_is_the_only_macro_left_in_the_arguments(launcher, tmp_path):
+    hostile = cluster(worker_cmd=["dask", "worker", "$(worker_name)", "$(Cluster)"])
+    ad = job_ad(description(launcher, hostile), tmp_path, worker="w7")
+    argv = job_argv_tail(ad)
+    assert argv[:4] == ["dask", "worker", "$(worker_name)", "$(Cluster)"]
+    assert argv[argv.index("--name") + 1] == "w7"
+
+
+def test_a_hostile_cluster_environment_reaches_workers_exactly(launcher, tmp_path):
+    env = {f"V{i}": v for i, v in enumerate(HOSTILE)}
+    ad = job_ad(description(launcher, cluster(environment=env)), tmp_path)
+    got = job_environment(ad)
+    assert {k: got[k] for k in env} == env
+    assert "TransferInput" in ad and ad["TransferInput"] == "/stage/dask.crt, /stage/dask.pem"
+
+
+@pytest.mark.parametrize("char", ["\n", "\r", "\x00", "\x0b", "\x1f", "\x7f", "\u2028"])
+def test_line_breaks_and_control_characters_are_refused(char):
+    with pytest.raises(UnsafeValue, match="control character"):
+        arguments_value([f"a{char}transfer_input_files = /etc/passwd"])
+    with pytest.raises(UnsafeValue, match=r"environment variable X .*control character"):
+        environment_value({"X": f"a{char}b"})
+
+
+@pytest.mark.parametrize("value", ["$$(Memory)", "a$$b", "$(DOLLAR)", "$(dollar)x"])
+def test_dollar_sequences_htcondor_cannot_pass_literally_are_refused(value):
+    with pytest.raises(UnsafeValue, match="cannot pass on literally"):
+        arguments_value([value])
+
+
+@pytest.mark.parametrize("name", ["", "1X", "A B", "A=B", "X$(Y)", "É"])
+def test_environment_names_outside_letters_digits_underscore_are_refused(name):
+    with pytest.raises(UnsafeValue, match="environment variable name"):
+        environment_value({name: "v"})
+
+
+@pytest.mark.parametrize("value", [*HOSTILE, "a\nb", 'x" || true || "'])
+def test_classad_strings_survive_submit_and_constraints_exactly(value, tmp_path):
+    ad = job_ad(minimal(**{"+Hostile": classad_string(value)}), tmp_path)
+    assert ad["Hostile"] == value
+    assert classad2.ExprTree(f"Hostile == {constraint_string(value)}").eval(ad) is True
+
+
+def test_a_hostile_gateway_id_and_image_stay_inside_their_attributes(launcher, tmp_path):
+    gateway_id = 'gw" || true || "$(transfer_input_files)'
+    desc = description(
+        launcher, gateway_id=gateway_id, container_mode="apptainer", container_image="a$b"
+    )
+    ad = job_ad(desc, tmp_path)
+    assert (ad["DaskGatewayInstance"], ad["SingularityImage"]) == (gateway_id, "a$b")
+    assert classad2.ExprTree(launcher._instance_constraint("c0ffee")).eval(ad) is True
+
+
+NASTY_NAMES = [
+    "mallory\ntransfer_input_files = $(transfer_input_files),/state/secrets.json\n"
+    "accounting_group = group_admin",
+    "$(transfer_input_files)",
+    "$ENV(HOME)",
+    'mal"lory',
+    "mal lory",
+    "sub.alice",
+    "alice@example.org",
+    "ünï",
+    "x" * 65,
+    "",
+]
+
+
+@pytest.mark.parametrize("name", NASTY_NAMES)
+def test_user_names_outside_the_accounting_pattern_are_refused_naming_the_setting(launcher, name):
+    with pytest.raises(UnsafeValue, match=r"HTCondorLauncher\.accounting_user_pattern"):
+        description(launcher, cluster(username=name))
+
+
+@pytest.mark.parametrize("name", ["alice", "a_l-1", "_svc", "x" * 64])
+def test_plain_user_names_are_charged_as_they_are(launcher, name, tmp_path):
+    ad = job_ad(description(launcher, cluster(username=name)), tmp_path)
+    assert ad["AccountingGroup"] == f"group_cms.{name}"
+
+
+def test_a_widened_pattern_admits_email_names_but_never_whitespace_or_dollar():
+    wide = re.compile(r".+")
+    assert check_accounting_user("alice@example.org", wide) == "alice@example.org"
+    for name in ["a b", "a\nb", "a$b", "ünï"]:
+        with pytest.raises(UnsafeValue):
+            check_accounting_user(name, wide)
+
+
+def test_user_names_are_not_checked_when_no_accounting_group_is_set(launcher):
+    desc = description(launcher, cluster(username="mal lory"), use_accounting_group=False)
+    assert "accounting_group_user" not in desc
+
+
+def test_cluster_creation_is_refused_for_a_name_that_would_inject(launcher):
+    name = NASTY_NAMES[0]
+    config = ElasticClusterConfig()
+    with pytest.raises(UnsafeValue, match=r"the user name 'mallory\\ntransfer_input_files"):
+        launcher.check_cluster_request(name, {"vo": "cms"}, config)
+    launcher.check_cluster_request("alice", {"vo": "cms"}, config)  # accepted
+
+
+def test_cluster_creation_is_refused_for_an_environment_option_with_a_newline(launcher):
+    config = ElasticClusterConfig(environment={"X": "1\nrequirements = true"})
+    with pytest.raises(UnsafeValue, match="environment variable X"):
+        launcher.check_cluster_request("alice", {"vo": "cms"}, config)
+
+
+@pytest.mark.parametrize(
+    ("trait", "value", "key"),
+    [
+        ("environment", {"A": "1\n+Evil = true"}, "HTCondorLauncher.environment"),
+        ("environment", {"A B": "1"}, "HTCondorLauncher.environment"),
+        ("worker_extra_args", ["--x", "$$(Cpus)"], "HTCondorLauncher.worker_extra_args"),
+        ("container_image", "img\nqueue 9", "HTCondorLauncher.container_image"),
+        ("accounting_user_pattern", "[a-", "HTCondorLauncher.accounting_user_pattern"),
+    ],
+)
+def test_unsafe_admin_settings_are_refused_at_startup_naming_the_key(trait, value, key):
+    with pytest.raises(TraitError, match=re.escape(key)):
+        HTCondorLauncher(**{trait: value})
 
 
 def test_a_staging_directory_with_a_comma_is_refused_naming_the_key(tmp_path):

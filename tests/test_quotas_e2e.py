@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import threading
+import urllib.request
 import warnings
 
 import pytest
@@ -27,6 +29,8 @@ class GroupsAuthenticator(SimpleAuthenticator):
         return User(user.name, groups=groups, admin=user.name == "root")
 
 c.DaskGateway.authenticator_class = GroupsAuthenticator
+# Many users' clusters as one OS account: fine for quota tests, accepted explicitly.
+c.LocalLauncher.allow_shared_local_user = True
 """
 
 # Schedulers and workers take 1 core and 1 GiB each by default here.
@@ -201,13 +205,21 @@ def test_users_see_their_vo_and_admins_every_vo_and_metrics(gateways):
         "dune",
     ]
     http(gateway, "POST", "/api/v1/clusters/", {}, "eve")  # refused: no VO
-    import urllib.request
-
-    with urllib.request.urlopen(gateway.address + "/api/elastic/v1/metrics") as resp:
-        text = resp.read().decode()
+    text = metrics_as(gateway, "root")
     assert 'elastic_gateway_vo_limit{resource="cores",vo="cms"} 100.0' in text
     assert 'elastic_gateway_vo_usage{resource="gpus",vo="dune"} 0.0' in text
     assert 'elastic_gateway_quota_refusals_total{kind="membership",vo=""} 1.0' in text
+
+
+def metrics_as(gateway, username: str) -> str:
+    """The Prometheus text an admin reads (basic auth through the gateway's authenticator)."""
+    creds = gateway.client_credentials()
+    token = base64.b64encode(f"{username}:{creds['password']}".encode()).decode()
+    req = urllib.request.Request(
+        gateway.address + "/api/elastic/v1/metrics", headers={"Authorization": f"Basic {token}"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.read().decode()
 
 
 def test_bad_vo_config_stops_the_gateway_at_start_up_naming_the_key(gateways):

@@ -116,6 +116,17 @@ def test_users_without_vo_are_refused_or_placed_as_configured():
     assert choose_vo("eve", ["staff"], "", VOS, "guest").name == "guest"
 
 
+def test_a_user_without_vo_may_name_the_fallback_vo():
+    assert choose_vo("eve", ["staff"], "guest", VOS, "guest").name == "guest"
+    with pytest.raises(QuotaRefused, match="eve is not a member of VO 'cms'"):
+        choose_vo("eve", ["staff"], "cms", VOS, "guest")
+
+
+def test_a_vo_member_cannot_escape_to_the_fallback_vo():
+    with pytest.raises(QuotaRefused, match="alice is not a member of VO 'guest'"):
+        choose_vo("alice", ["cms"], "guest", VOS, "guest")
+
+
 def test_usage_counts_schedulers_and_active_workers_per_vo():
     usage = vo_usage([cluster("cms", workers=3), cluster("cms", "bob"), cluster("dune")])
     cms = usage["cms"]

@@ -56,6 +56,11 @@ def test_ordered_spill_places_nothing_when_every_pool_is_full():
     assert ordered_spill([pool("a", cap=1)], {"a": 1}, 3) == []
 
 
+def test_ordered_spill_counts_a_pool_listed_twice_once():
+    a = pool("a", cap=2)
+    assert [(p.name, k) for p, k in ordered_spill([a, a, a], {}, 6)] == [("a", 2)]
+
+
 def test_pool_vo_restriction():
     assert pool("any").allows(None)
     assert pool("cms-only", vos=["cms"]).allows("cms")
@@ -74,6 +79,14 @@ def test_every_bad_option_is_named_with_its_valid_range():
     assert "unknown option(s) 'x': remove them (this gateway accepts: worker_cores" in message
     assert "worker_cores=0 is not valid: use an integer from 1 to 4" in message
     assert "worker_memory=64 is not valid: use a number from 0.25 to 8" in message
+
+
+def test_numbers_too_large_for_a_float_are_refused_not_crashed_on():
+    message = explain_invalid_options(default_cluster_options(4, 8), {"worker_memory": 10**400})
+    assert (
+        "worker_memory=1000" in message and "is not valid: use a number from 0.25 to 8" in message
+    )
+    assert len(message) < 300
 
 
 def test_options_must_be_a_mapping():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -83,6 +83,15 @@ class Launcher(LoggingConfigurable):
 
     async def cleanup(self) -> None:
         """Release connections. Running clusters are left alone."""
+
+    def check_cluster_request(self, username: str, options: Mapping[str, Any], config: Any) -> None:
+        """Refuse a new cluster this launcher could not run as asked.
+
+        Raise ``ValueError`` with a message for the analyst: it becomes the answer
+        to the create request, instead of failed starts later. Called for the
+        scheduler's launcher and those of the pools the cluster may use. The
+        default accepts anything.
+        """
 
     # -- schedulers ---------------------------------------------------------
     def start_scheduler(self, cluster: Cluster) -> AsyncIterator[dict[str, Any]]:

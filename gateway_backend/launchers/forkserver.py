@@ -9,10 +9,16 @@ With ``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork`` in a worker's
 request environment, its nanny forks the worker too.
 
 Protocol: one JSON request per line on stdin (``{"program": "worker" |
-"scheduler", "argv": [...], "env": {...}, "cwd": str, "log": str}``), one JSON answer
-per line on stdout (``{"pid": int}`` or ``{"error": str}``). The server exits
-when stdin closes (the gateway went away); the workers, in their own sessions,
-keep running.
+"scheduler" | "exec", "argv": [...], "env": {...}, "cwd": str, "log": str}``), one
+JSON answer per line on stdout (``{"pid": int}`` or ``{"error": str}``). ``exec``
+runs ``argv`` as a new program (a custom ``worker_cmd``). The server exits when
+stdin closes (the gateway went away); the workers, in their own sessions, keep
+running.
+
+With ``LocalLauncher.run_as = "user"`` each OS user gets a server of their own,
+started *as that user* (uid, gid and groups set before the interpreter starts):
+nothing forked from it ever held root, and its memory only ever held requests for
+that user's clusters (a scheduler's request carries its API token).
 """
 
 from __future__ import annotations
@@ -47,8 +53,12 @@ def _run(request: dict[str, Any]) -> None:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the nanny waits for its own child
         os.setsid()
+        # The working directory is the process's marker (a restarted gateway finds its
+        # workers by it), so it is set first thing.
+        os.makedirs(request["cwd"], mode=0o700, exist_ok=True)
         os.chdir(request["cwd"])
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+        log = os.open(request["log"], flags, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log, 1)
@@ -57,6 +67,8 @@ def _run(request: dict[str, Any]) -> None:
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         os.environ.clear()
         os.environ.update(request["env"])
+        if request.get("program") == "exec":
+            os.execvpe(request["argv"][0], request["argv"], request["env"])
         import dask.config
 
         dask.config.refresh()  # TLS paths and the like come from this worker's environment
@@ -77,12 +89,12 @@ def _run(request: dict[str, Any]) -> None:
         os._exit(code)
 
 
-def serve() -> None:
-    """The server loop (``python -m gateway_backend.launchers.forkserver``)."""
-    # The point: import once, before forking.
-    import dask_gateway.scheduler_preload  # noqa: F401
-    import distributed.cli.dask_scheduler
-    import distributed.cli.dask_worker  # noqa: F401
+def serve(preload: bool = True) -> None:
+    """The server loop (``python -m gateway_backend.launchers.forkserver [--no-preload]``)."""
+    if preload:  # the point: import once, before forking
+        import dask_gateway.scheduler_preload  # noqa: F401
+        import distributed.cli.dask_scheduler
+        import distributed.cli.dask_worker  # noqa: F401
 
     signal.signal(signal.SIGCHLD, _reap)
     out = sys.stdout
@@ -103,12 +115,26 @@ def serve() -> None:
 
 
 class ForkServer:
-    """The gateway's handle on a fork server process."""
+    """The gateway's handle on a fork server process.
 
-    def __init__(self, env: dict[str, str]) -> None:
+    ``user`` (``{"uid", "gid", "groups"}``) starts the server as that OS user, with
+    umask 077 and its stderr drained into ``log`` instead of sharing the gateway's.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        user: dict[str, Any] | None = None,
+        preload: bool = True,
+        log: Any = None,
+    ) -> None:
         self.env = env
+        self.user = user
+        self.preload = preload
+        self.log = log
         self.proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
+        self._drain: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Start the server now (it takes an import of distributed), not at the first fork."""
@@ -118,19 +144,38 @@ class ForkServer:
     async def _ensure_started(self) -> asyncio.subprocess.Process:
         if self.proc is not None and self.proc.returncode is None:
             return self.proc
+        argv = [sys.executable, "-m", "gateway_backend.launchers.forkserver"]
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs = {
+                "user": self.user["uid"],
+                "group": self.user["gid"],
+                "extra_groups": list(self.user["groups"]),
+                "umask": 0o077,
+                "cwd": "/",
+                "stderr": asyncio.subprocess.PIPE,
+            }
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway_backend.launchers.forkserver",
+            *argv,
+            *([] if self.preload else ["--no-preload"]),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=self.env,
             start_new_session=True,
+            **kwargs,
         )
+        if self.user is not None:
+            self._drain = asyncio.ensure_future(self._drain_stderr(self.proc))
         ready = await asyncio.wait_for(self.proc.stdout.readline(), 60)
         if not ready:
             raise RuntimeError("the worker fork server exited while starting")
         return self.proc
+
+    async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        """Forward what the server itself prints (not its children: they have logs)."""
+        async for line in proc.stderr:
+            if self.log is not None:
+                self.log.warning("fork server %d: %s", proc.pid, line.decode(errors="replace"))
 
     async def spawn_many(self, requests: list[dict[str, Any]]) -> list[int]:
         """Fork one process per request, all in one exchange; returns their pids in order."""
@@ -157,7 +202,9 @@ class ForkServer:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+        if self._drain is not None:
+            await asyncio.gather(self._drain, return_exceptions=True)
 
 
 if __name__ == "__main__":
-    serve()
+    serve(preload="--no-preload" not in sys.argv[1:])

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from dask_gateway_server.traitlets import Callable as CallableTrait
-from dask_gateway_server.utils import normalize_address
+from dask_gateway_server.utils import FrozenAttrDict, normalize_address
 from traitlets import (
     Bool,
     CaselessStrEnum,
@@ -35,6 +37,16 @@ from traitlets import (
 
 from ..commands import CERT_FILE, KEY_FILE, proxy_sni, worker_command, worker_env
 from .base import Launcher, LauncherUnavailable, WorkerCheck, WorkerPhase, log_tail
+from .htcondor_quoting import (
+    UnsafeValue,
+    arguments_value,
+    check_accounting_user,
+    check_literal,
+    classad_string,
+    constraint_string,
+    environment_value,
+    submit_literal,
+)
 
 # JobStatus values (htcondor2.JobStatus)
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
@@ -65,27 +77,10 @@ class JobInfo:
     why_idle: str = ""
 
 
-def _quote(value: str) -> str:
-    """A ClassAd string literal."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _environment(env: dict[str, str]) -> str:
-    """HTCondor's new-style environment string."""
-    parts = []
-    for key, value in env.items():
-        value = value.replace('"', '""').replace("'", "''")
-        parts.append(f"{key}='{value}'" if " " in value else f"{key}={value}")
-    return '"' + " ".join(parts) + '"'
-
-
-def _arguments(args: Sequence[str]) -> str:
-    """HTCondor's new-style arguments string."""
-    out = []
-    for arg in args:
-        arg = arg.replace('"', '""')
-        out.append("'" + arg.replace("'", "''") + "'" if (" " in arg or "'" in arg) else arg)
-    return '"' + " ".join(out) + '"'
+#: Stands for ``$(worker_name)`` in a worker's arguments until they are quoted: the one
+#: macro the gateway means. (A user argument equal to it would only become the worker's
+#: name; every other ``$`` is literal.)
+WORKER_NAME = "\0worker_name\0"
 
 
 class HTCondorLauncher(Launcher):
@@ -176,7 +171,11 @@ class HTCondorLauncher(Launcher):
 
     environment = Dict(
         {},
-        help="Extra, non-secret environment variables of worker jobs (visible in the job ad).",
+        help="""
+        Extra, non-secret environment variables of worker jobs (visible in the job
+        ad). Values are passed literally: ``$`` is not an HTCondor macro here, and a
+        value with a line break, ``$$`` or ``$(DOLLAR)`` is refused at start-up.
+        """,
         config=True,
     )
 
@@ -184,7 +183,9 @@ class HTCondorLauncher(Launcher):
         {},
         help="""
         Extra submit commands for site policy, e.g. ``{"requirements":
-        "OpSysMajorVer == 9", "+DESIRED_Sites": '"T2_US_Nebraska"'}``.
+        "OpSysMajorVer == 9", "+DESIRED_Sites": '"T2_US_Nebraska"'}``. The only
+        values written verbatim (macros expand, ClassAd strings need their quotes):
+        never put user-controlled text here.
         """,
         config=True,
     )
@@ -252,7 +253,12 @@ class HTCondorLauncher(Launcher):
     )
 
     worker_extra_args = List(
-        [], help="Extra arguments of ``dask worker`` (e.g. ``--contact-address``).", config=True
+        [],
+        help="""
+        Extra arguments of ``dask worker`` (e.g. ``--contact-address``), passed
+        literally like ``environment`` values.
+        """,
+        config=True,
     )
 
     nanny = Bool(
@@ -271,6 +277,50 @@ class HTCondorLauncher(Launcher):
         help="Set ``accounting_group``/``accounting_group_user`` from the cluster's VO.",
         config=True,
     )
+
+    accounting_user_pattern = Unicode(
+        r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}",
+        help="""
+        Regular expression the whole user name of a cluster's owner must match to
+        become its jobs' ``accounting_group_user`` (only when the cluster's VO has an
+        ``accounting_group``). Others are refused when they create a cluster, with
+        a message naming this setting. The default, letters, digits, ``_`` and
+        ``-`` (at most 64), leaves out ``.``, because HTCondor reads
+        ``AccountingGroup`` (``<group>.<user>``) up to its last dot as the group, so
+        a user named ``sub.alice`` would be charged to the subgroup
+        ``<group>.sub``, and ``@``, which ends the group part of a submitter name.
+        Widen it (e.g. for e-mail-like names) only where no subgroups exist. Whatever
+        it allows, names with whitespace, control characters, ``$`` or non-ASCII
+        characters are refused.
+        """,
+        config=True,
+    )
+
+    @validate("accounting_user_pattern")
+    def _validate_accounting_user_pattern(self, proposal):
+        try:
+            re.compile(proposal.value)
+        except re.error as exc:
+            raise TraitError(
+                f"HTCondorLauncher.accounting_user_pattern {proposal.value!r} is not a "
+                f"regular expression: {exc}"
+            ) from None
+        return proposal.value
+
+    @validate("environment", "worker_extra_args", "container_image")
+    def _validate_literal_settings(self, proposal):
+        # Admin values reach the submit description too: refused here, naming the key.
+        name, value = proposal.trait.name, proposal.value
+        try:
+            if name == "environment":
+                environment_value({k: str(v) for k, v in value.items()})
+            elif name == "worker_extra_args":
+                arguments_value([str(a) for a in value])
+            else:
+                check_literal(value, "the image")
+        except UnsafeValue as exc:
+            raise TraitError(f"HTCondorLauncher.{name}: {exc}") from None
+        return value
 
     # -- lifecycle ------------------------------------------------------------------
     async def setup(self, backend) -> None:
@@ -325,9 +375,9 @@ class HTCondorLauncher(Launcher):
         return result
 
     def _instance_constraint(self, cluster_name: str | None = None) -> str:
-        constraint = f"DaskGatewayInstance == {_quote(self.gateway_id)}"
+        constraint = f"DaskGatewayInstance == {constraint_string(self.gateway_id)}"
         if cluster_name is not None:
-            constraint += f" && DaskGatewayCluster == {_quote(cluster_name)}"
+            constraint += f" && DaskGatewayCluster == {constraint_string(cluster_name)}"
         return constraint
 
     async def _status_loop(self) -> None:
@@ -417,15 +467,31 @@ class HTCondorLauncher(Launcher):
         return paths[0], paths[1]
 
     # -- submit description ------------------------------------------------------------
+    def check_cluster_request(self, username: str, options: Mapping[str, Any], config) -> None:
+        """Refuse, at creation, a cluster whose jobs could not be submitted exactly.
+
+        Builds the submit description a batch of its workers would get, so a user
+        name or cluster option HTCondor cannot receive (see ``htcondor_quoting``) is
+        a clear refusal now rather than failed scale-ups later.
+        """
+        if hasattr(config, "to_dict"):
+            config = FrozenAttrDict(config.to_dict())
+        probe = SimpleNamespace(name="0" * 32, username=username, options=options, config=config)
+        self.submit_description(probe, CERT_FILE, KEY_FILE)
+
     def submit_description(self, cluster, cert_path: str, key_path: str) -> dict[str, str]:
-        """The submit commands shared by all procs of one batch (``$(worker_name)`` varies)."""
+        """The submit commands shared by all procs of one batch (``$(worker_name)`` varies).
+
+        Every value is escaped for the submit language (and ClassAd strings for
+        ClassAd), or refused with ``UnsafeValue``; only ``extra_submit`` is verbatim.
+        """
         config = cluster.config
         # Transferred files land in the job's scratch directory, its working directory.
         env = worker_env(cluster, cert_path=CERT_FILE, key_path=KEY_FILE)
         env.update({k: str(v) for k, v in self.environment.items()})
         args = worker_command(
             cluster,
-            "$(worker_name)",
+            WORKER_NAME,
             self.scheduler_address,
             host=self.worker_host or "",
             scheduler_sni=proxy_sni(cluster),
@@ -442,8 +508,8 @@ class HTCondorLauncher(Launcher):
             "universe": "vanilla",
             "executable": self.worker_executable,
             "transfer_executable": "false",
-            "arguments": _arguments(args),
-            "environment": _environment(env),
+            "arguments": arguments_value(args, {WORKER_NAME: "$(worker_name)"}),
+            "environment": environment_value(env),
             "should_transfer_files": "YES",
             "when_to_transfer_output": "ON_EXIT",
             "transfer_input_files": f"{cert_path},{key_path}",
@@ -453,8 +519,8 @@ class HTCondorLauncher(Launcher):
             "request_cpus": str(config.worker_cores),
             "request_memory": str(max(1, int(config.worker_memory) // 2**20)),
             "request_disk": self.request_disk,
-            "+DaskGatewayInstance": _quote(self.gateway_id),
-            "+DaskGatewayCluster": _quote(cluster.name),
+            "+DaskGatewayInstance": classad_string(self.gateway_id),
+            "+DaskGatewayCluster": classad_string(cluster.name),
             "+DaskGatewayWorker": '"$(worker_name)"',
             "+DaskGatewayLeaseExpires": str(int(time.time() + self.lease_duration)),
             "periodic_remove": (
@@ -468,13 +534,16 @@ class HTCondorLauncher(Launcher):
             desc["request_gpus"] = str(gpus)
         if self.container_image and self.container_mode == "container":
             desc["universe"] = "container"
-            desc["container_image"] = self.container_image
+            desc["container_image"] = submit_literal(self.container_image, "container_image")
         elif self.container_image and self.container_mode == "apptainer":
-            desc["+SingularityImage"] = _quote(self.container_image)
+            desc["+SingularityImage"] = classad_string(self.container_image)
         vo = self.backend.vo_of(cluster)
         if self.use_accounting_group and vo is not None and vo.accounting_group:
-            desc["accounting_group"] = vo.accounting_group
-            desc["accounting_group_user"] = cluster.username
+            pattern = re.compile(self.accounting_user_pattern)
+            user = check_accounting_user(cluster.username, pattern)
+            what = f"the accounting_group of VO {vo.name}"
+            desc["accounting_group"] = submit_literal(vo.accounting_group, what)
+            desc["accounting_group_user"] = user
         desc.update({k: str(v) for k, v in self.extra_submit.items()})
         return desc
 
