@@ -24,8 +24,9 @@ from dask_gateway_server.utils import FrozenAttrDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway_backend.launchers import ClusterFacts, KnownRecords, LauncherContext
 from gateway_backend.launchers.htcondor import HTCondorLauncher
-from tests.htcondor_standin import start_standin
+from tests.fakes.schedd import start_standin
 
 CONFIG = FrozenAttrDict(
     {
@@ -44,15 +45,28 @@ class FakeWorker(SimpleNamespace):
         return True
 
 
-class FakeBackend:
-    """Just what the launcher reads from the backend: active clusters and VOs."""
+class Records:
+    """The clusters the gateway would have records of, as the launcher's context reads them."""
 
     def __init__(self) -> None:
         self.clusters: list = []
-        self.db = SimpleNamespace(active_clusters=lambda: iter(self.clusters))
 
-    def vo_of(self, cluster):
-        return None
+    def known(self) -> KnownRecords:
+        return KnownRecords(
+            frozenset(c.name for c in self.clusters),
+            frozenset(w for c in self.clusters for w in c.workers),
+        )
+
+    def context(self, launcher) -> LauncherContext:
+        return LauncherContext(
+            api_url="http://127.0.0.1:9/api",
+            heartbeat_period=5,
+            proxy_tls_address="127.0.0.1:1",
+            known_records=self.known,
+            add_event=lambda *args, **kwargs: None,
+            scheduler_launcher=launcher,
+            name="benchmark",
+        )
 
 
 def make_cluster(n_workers: int):
@@ -71,15 +85,15 @@ def make_cluster(n_workers: int):
     return cluster
 
 
-async def measure(launcher, backend, control, n_clusters: int, n_workers: int) -> dict:
+async def measure(launcher, records, control, n_clusters: int, n_workers: int) -> dict:
     for _ in range(n_clusters):
         cluster = make_cluster(n_workers)
-        backend.clusters.append(cluster)
+        records.clusters.append(cluster)
         workers = list(cluster.workers.values())
-        states = await launcher.start_workers(cluster, workers)
+        states = await launcher.start_workers(cluster, workers, ClusterFacts())
         for w, s in zip(workers, states, strict=True):
             w.state = s
-    all_workers = [w for c in backend.clusters for w in c.workers.values()]
+    all_workers = [w for c in records.clusters for w in c.workers.values()]
     await launcher.refresh()  # warm
     control.reset_counters()
     periods = 3
@@ -114,7 +128,7 @@ async def run(sizes: list[int], n_workers: int, tmp: Path) -> None:
             factory,
             control,
         ):
-            backend = FakeBackend()
+            records = Records()
             launcher = HTCondorLauncher(
                 schedd_factory=factory,
                 scheduler_address="tls://127.0.0.1:1",
@@ -122,9 +136,9 @@ async def run(sizes: list[int], n_workers: int, tmp: Path) -> None:
                 status_period=3600,  # periods are driven by hand here
                 schedd_timeout=120,
             )
-            await launcher.setup(backend)
+            await launcher.setup(records.context(launcher))
             try:
-                r = await measure(launcher, backend, control, size, n_workers)
+                r = await measure(launcher, records, control, size, n_workers)
             finally:
                 await launcher.cleanup()
         base = base or r
@@ -138,20 +152,20 @@ async def run(sizes: list[int], n_workers: int, tmp: Path) -> None:
     )
 
     with start_standin(tmp / "scale", slots=0, tick=60) as (factory, control):
-        backend = FakeBackend()
+        records = Records()
         launcher = HTCondorLauncher(
             schedd_factory=factory,
             scheduler_address="tls://127.0.0.1:1",
             staging_directory=str(tmp / "staging-scale"),
             status_period=3600,
         )
-        await launcher.setup(backend)
+        await launcher.setup(records.context(launcher))
         try:
             cluster = make_cluster(100)
-            backend.clusters.append(cluster)
+            records.clusters.append(cluster)
             control.reset_counters()
             t0 = time.perf_counter()
-            await launcher.start_workers(cluster, list(cluster.workers.values()))
+            await launcher.start_workers(cluster, list(cluster.workers.values()), ClusterFacts())
             elapsed = time.perf_counter() - t0
             counts = control.counters()
         finally:

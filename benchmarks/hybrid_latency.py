@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import Gateways
-from tests.htcondor_standin import start_standin
+from tests.e2e.test_kubernetes import K8sGateway, hybrid_config
+from tests.fakes.schedd import start_standin
 from tests.k8s.harness import KubeEnv
-from tests.test_kubernetes_e2e import K8sGateway, hybrid_config
 
 
 def measure(k: K8sGateway, n: int, timeout: float) -> tuple[float, float | None, int]:

@@ -3,16 +3,52 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import html
+import logging
+import weakref
 from typing import Any
 
 from dask_gateway import GatewayCluster
 
-from .gateway import ElasticGateway, close_once, resolve_address_and_auth
+from . import api
+from .auth import resolve_address_and_auth
+from .closing import close_once
+
+logger = logging.getLogger(__name__)
+
+PoolCounts = dict[str, dict[str, int]]
+
+
+def pool_counts(details: dict[str, Any]) -> PoolCounts:
+    """``{pool: {"pending": n, "running": n, "stopping": n}}`` from a cluster's details."""
+    return {
+        name: {k: v for k, v in counts.items() if k != "pending_reasons"}
+        for name, counts in details["pools"].items()
+    }
+
+
+def pools_text(pools: PoolCounts) -> str:
+    """One line for people, e.g. ``"cpu: 2 running + 1 pending, gpu: 0 running"``."""
+    return ", ".join(
+        f"{name}: {c['running']} running" + (f" + {c['pending']} pending" if c["pending"] else "")
+        for name, c in pools.items()
+    )
 
 
 class ElasticCluster(GatewayCluster):
-    """Same API as ``dask_gateway.GatewayCluster``; adds per-pool worker counts."""
+    """Same API as ``dask_gateway.GatewayCluster``; adds per-pool worker counts.
+
+    ``repr`` and the HTML view show the counts last fetched (by ``details()``,
+    ``pool_summary()`` or the widget's refresh) and never ask the gateway
+    themselves: a repr runs in debuggers, logs and tracebacks.
+    """
+
+    # Seconds between refetches of the per-pool counts while the widget exists.
+    pool_refresh_interval: float = 5.0
+    # Class-level defaults, so repr works on a cluster whose __init__ failed early.
+    _pools: PoolCounts | None = None
+    _pool_refresh: concurrent.futures.Future | None = None
 
     def _init_internal(self, address=None, auth=None, **kwargs):
         address, auth = resolve_address_and_auth(address, auth)
@@ -39,52 +75,64 @@ class ElasticCluster(GatewayCluster):
         except RuntimeError:
             return False
         gateway = getattr(self, "gateway", None)
-        return gateway is not None and running is gateway.loop.asyncio_loop
+        if gateway is None or getattr(gateway, "_loop_runner", None) is None:
+            return False  # closed already: its loop is not running anywhere
+        return running is gateway.loop.asyncio_loop
+
+    async def _stop_async(self) -> None:
+        if self._pool_refresh is not None:
+            self._pool_refresh.cancel()
+        await super()._stop_async()
+
+    async def _details(self) -> dict[str, Any]:
+        details = await api.cluster_details(self.gateway, self.name)
+        self._pools = pool_counts(details)
+        return details
 
     def details(self) -> dict[str, Any]:
-        """The gateway's view of this cluster: workers per pool, events, failure reason."""
-        return self.gateway.sync(ElasticGateway._cluster_details, self.gateway, self.name)
+        """The gateway's view of this cluster: workers per pool, events, failure reason.
 
-    def pool_summary(self) -> dict[str, dict[str, int]]:
-        """``{pool: {"pending": n, "running": n, "stopping": n}}``."""
-        pools = self.details()["pools"]
-        return {
-            name: {k: v for k, v in counts.items() if k != "pending_reasons"}
-            for name, counts in pools.items()
-        }
+        Its per-pool counts are what ``repr`` shows from then on.
+        """
+        return self.gateway.sync(self._details)
 
-    def _pools_text(self) -> str:
-        if self.asynchronous or self.name is None:
-            return ""
-        try:
-            pools = self.pool_summary()
-        except Exception:
-            return ""
-        return ", ".join(
-            f"{name}: {c['running']} running"
-            + (f" + {c['pending']} pending" if c["pending"] else "")
-            for name, c in pools.items()
-        )
+    async def _pool_summary(self) -> PoolCounts:
+        return pool_counts(await self._details())
+
+    def pool_summary(self) -> PoolCounts:
+        """``{pool: {"pending": n, "running": n, "stopping": n}}``, asked of the gateway now."""
+        return self.gateway.sync(self._pool_summary)
 
     def __repr__(self) -> str:
-        pools = self._pools_text()
-        extra = f", workers=[{pools}]" if pools else ""
-        return f"ElasticCluster<{self.name}, status={self.status}{extra}>"
+        name, status = getattr(self, "name", None), getattr(self, "status", None)
+        pools = f", workers=[{pools_text(self._pools)}]" if self._pools else ""
+        return f"ElasticCluster<{name}, status={status}{pools}>"
 
-    def _widget_status(self):
+    def _widget_status(self) -> str | None:
+        # Upstream calls this on the event loop whenever a worker joins or leaves:
+        # a request from here would wait on that very loop, so only known counts show.
         status = super()._widget_status()
-        pools = self._pools_text()
-        if status is None or not pools:
+        if not self._pools:
             return status
-        return status + f"<p><b>Workers per pool:</b> {html.escape(pools)}</p>"
+        pools = html.escape(pools_text(self._pools))
+        return (status or "") + f"<p><b>Workers per pool:</b> {pools}</p>"
 
     def _widget(self):
-        """Upstream's ipywidget (scale/adapt controls, dashboard link), titled ElasticCluster."""
+        """Upstream's ipywidget (scale/adapt controls, dashboard link), titled ElasticCluster.
+
+        Its per-pool counts are refetched every ``pool_refresh_interval`` seconds.
+        """
         if hasattr(self, "_cached_widget"):  # built already (None: no ipywidgets)
             return self._cached_widget
         box = super()._widget()
-        if box is not None:
-            box.children[0].value = "<h2>ElasticCluster</h2>"
+        if box is None:
+            return None
+        box.children[0].value = "<h2>ElasticCluster</h2>"
+        if self.status == "running":  # a closed cluster's loop is gone
+            self._pool_refresh = asyncio.run_coroutine_threadsafe(
+                _refresh_widget_pools(weakref.ref(self), self.pool_refresh_interval),
+                self.loop.asyncio_loop,
+            )
         return box
 
     def _dashboard_html(self) -> str:
@@ -94,8 +142,11 @@ class ElasticCluster(GatewayCluster):
         return f'<a href="{link}" target="_blank">{link}</a>'
 
     def _repr_html_(self) -> str:
-        """Name, dashboard link (through the gateway proxy) and workers per pool."""
-        pools = html.escape(self._pools_text() or "none yet")
+        """Name, dashboard link (through the gateway proxy) and the last known workers per pool."""
+        if self._pools is None:
+            pools = "see <code>cluster.details()</code>"
+        else:
+            pools = html.escape(pools_text(self._pools) or "none")
         return (
             "<div style='background-color: #f2f2f2; display: inline-block; "
             "padding: 10px; border: 1px solid #999999;'>\n"
@@ -107,3 +158,22 @@ class ElasticCluster(GatewayCluster):
             "  </ul>\n"
             "</div>\n"
         )
+
+
+async def _refresh_widget_pools(cluster_ref: weakref.ref[ElasticCluster], interval: float) -> None:
+    """Refetch the per-pool counts into the widget every ``interval`` s while the cluster runs.
+
+    Upstream redraws the widget only when the scheduler reports a worker joining or
+    leaving; the gateway's counts (pending workers above all) change without that.
+    Holds the cluster only weakly between refreshes, so a dropped cluster is still collected.
+    """
+    while (cluster := cluster_ref()) is not None and cluster.status == "running":
+        try:
+            await cluster._details()
+        except Exception:  # the gateway is briefly unreachable: keep the last counts
+            logger.debug("refreshing the pool counts of %s failed", cluster.name, exc_info=True)
+        else:
+            if (status := cluster._widget_status()) is not None:
+                cluster._status_widget.value = status
+        del cluster
+        await asyncio.sleep(interval)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from client_ext.gateway import default_state_directory
+from client_ext.auth import default_state_directory
 
 from .embedded import (
     DEFAULT_PORT,

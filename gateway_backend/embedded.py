@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from client_ext.gateway import CLIENT_FILE
+from client_ext.auth import CLIENT_FILE
 
 SECRETS_FILE = "secrets.json"
 LOCK_FILE = "serve.lock"

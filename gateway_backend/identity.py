@@ -14,7 +14,7 @@ import secrets
 
 from aiohttp import web
 
-from client_ext.gateway import IDENTITY_PATH, identity_proof, valid_challenge
+from client_ext.auth import IDENTITY_PATH, identity_proof, valid_challenge
 
 
 def new_identity_key() -> str:

@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from .backend import ElasticBackend
+    from .views import GatewayViews
 
 RESOURCES = (("cores", "max_cores"), ("memory_bytes", "max_memory"), ("gpus", "max_gpus"))
 
@@ -21,11 +21,11 @@ RESOURCES = (("cores", "max_cores"), ("memory_bytes", "max_memory"), ("gpus", "m
 class VOCollector:
     """Usage and limits per VO, workers per pool, and quota refusals."""
 
-    def __init__(self, backend: ElasticBackend) -> None:
-        self.backend = backend
+    def __init__(self, views: GatewayViews) -> None:
+        self.views = views
 
     def collect(self):
-        backend = self.backend
+        quotas, pool_book = self.views.quotas, self.views.pools
         used = GaugeMetricFamily(
             "elastic_gateway_vo_usage", "Resources a VO's clusters hold", labels=["vo", "resource"]
         )
@@ -35,8 +35,8 @@ class VOCollector:
         clusters = GaugeMetricFamily(
             "elastic_gateway_vo_clusters", "Active clusters per VO", labels=["vo"]
         )
-        for vo in backend.vo_table.values():
-            usage = backend.usage_of(vo)
+        for vo in quotas.vos.values():
+            usage = quotas.usage_of(vo)
             values = {"cores": usage.cores, "memory_bytes": usage.memory, "gpus": usage.gpus}
             for resource, key in RESOURCES:
                 used.add_metric([vo.name, resource], values[resource])
@@ -50,20 +50,20 @@ class VOCollector:
             "Requests refused or clamped by a VO quota",
             labels=["vo", "kind"],
         )
-        for (vo, kind), n in sorted(backend.quota_refusals.items()):
+        for (vo, kind), n in sorted(quotas.refusals.items()):
             refusals.add_metric([vo, kind], n)
         yield refusals
 
         pools = GaugeMetricFamily(
             "elastic_gateway_pool_workers", "Active workers per pool", labels=["pool"]
         )
-        usage = backend.pool_usage()
-        for pool in backend.pools:
+        usage = self.views.pool_usage()
+        for pool in pool_book.pools:
             pools.add_metric([pool.name], usage.get(pool.name, 0))
         yield pools
 
 
-def render_metrics(backend: ElasticBackend) -> tuple[bytes, str]:
+def render_metrics(views: GatewayViews) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(VOCollector(backend))
+    registry.register(VOCollector(views))
     return generate_latest(registry), CONTENT_TYPE_LATEST

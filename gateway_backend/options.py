@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dask_gateway_server.options import Float, Integer, Options
+from dask_gateway_server.options import Float, Integer, Options, String
+from dask_gateway_server.utils import FrozenAttrDict
 
 from .usertext import quoted
 
@@ -81,3 +82,31 @@ def explain_invalid_options(options: Options, request: Any) -> str | None:
     if not problems:
         return None
     return "Invalid cluster options: " + "; ".join(problems) + "."
+
+
+def with_gateway_choices(options: Options, vo: bool, pools: bool) -> Options:
+    """The admin's options plus the gateway's own: ``vo`` (quotas on) and ``worker_pools``
+    (more than one pool), unless the admin defined them. The admin's handler never sees
+    ours, so their options need not know about them."""
+    have = {f.field for f in options.fields}
+    extra = []
+    if vo and "vo" not in have:
+        extra.append(String("vo", default="", label="VO (empty: your only VO)"))
+    if pools and "worker_pools" not in have:
+        extra.append(
+            String(
+                "worker_pools",
+                default="",
+                label="Worker pools, comma-separated, in order (empty: the default)",
+            )
+        )
+    if not extra:
+        return options
+    handler = options.handler
+    ours = {f.field for f in extra}
+
+    def without_ours(opts, user):
+        opts = FrozenAttrDict({k: v for k, v in opts.items() if k not in ours})
+        return dict(opts) if handler is None else handler(opts, user)
+
+    return Options(*options.fields, *extra, handler=without_ours)

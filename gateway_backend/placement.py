@@ -1,4 +1,4 @@
-"""Which pool gets the next worker.
+"""Which pool gets the next worker, and where a long-pending worker moves.
 
 Independent of launcher internals: a policy sees pools, their caps and how many
 workers each already runs, and answers with a count per pool.
@@ -6,9 +6,16 @@ workers each already runs, and answers with a count per pool.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from .pools import WorkerPool
+from dask_gateway_server.backends.db_base import JobStatus
+
+if TYPE_CHECKING:
+    from dask_gateway_server.backends.db_base import Worker
+
+    from .pools import WorkerPool
 
 
 def ordered_spill(
@@ -29,3 +36,32 @@ def ordered_spill(
             out.append((pool, k))
             n -= k
     return out
+
+
+def plan_bursts(
+    workers: Sequence[Worker],
+    pools: Sequence[WorkerPool],
+    pool_of: Callable[[Worker], WorkerPool],
+    usage: dict[str, int],
+    now_ms: float,
+) -> dict[str, list[Worker]]:
+    """Workers of one cluster pending longer than their pool's ``burst_after``, by the later
+    pool (of ``pools``, the cluster's, in order) with room for them; ``usage`` is updated."""
+    moves: dict[str, list[Worker]] = defaultdict(list)
+    for w in workers:
+        pool = pool_of(w)
+        if (
+            w.status != JobStatus.SUBMITTED
+            or w.target != JobStatus.RUNNING
+            or not pool.burst_after
+            or now_ms - w.start_time < pool.burst_after * 1000
+            or pool not in pools
+        ):
+            continue
+        plan = ordered_spill(pools[pools.index(pool) + 1 :], usage, 1)
+        if not plan:
+            continue  # nowhere to go: it stays pending where it is
+        target = plan[0][0]
+        usage[target.name] = usage.get(target.name, 0) + 1
+        moves[target.name].append(w)
+    return moves

@@ -15,7 +15,7 @@ from typing import Any
 
 from dask_gateway_server.backends.db_base import JobStatus
 
-from .pools import ConfigError, named_settings
+from .config import ConfigError, named_settings
 from .usertext import quoted
 
 LIMIT_KEYS = (

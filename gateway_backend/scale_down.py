@@ -10,9 +10,18 @@ stay), over the same TLS the cluster's clients use.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from dask_gateway.client import GatewaySecurity
+from dask_gateway_server.backends.db_base import JobStatus
+from distributed.core import rpc
+
+if TYPE_CHECKING:
+    from dask_gateway_server.backends.db_base import Cluster, DataManager, Worker
+
+    from .events import EventLog
 
 
 def choose_running_to_retire(
@@ -28,11 +37,78 @@ def choose_running_to_retire(
 
 async def retire_on_scheduler(cluster, names: list[str], seconds: float) -> None:
     """Ask the cluster's scheduler to retire these workers (moving their data) and close them."""
-    from distributed.core import rpc
-
     security = GatewaySecurity(cluster.tls_key.decode(), cluster.tls_cert.decode())
     args = security.get_connection_args("client")
     async with rpc(cluster.scheduler_address, connection_args=args) as scheduler:
         await asyncio.wait_for(
             scheduler.retire_workers(names=names, close_workers=True, remove=True), seconds
         )
+
+
+class PoolOrderScaleDown:
+    """A user's ``scale(count)`` retires running workers in the admin's pool order.
+
+    Upstream lets the scheduler choose which workers leave. Here the chosen
+    workers are retired first, before the scale message reaches the scheduler,
+    so it finds nothing left to choose; until its heartbeats report the new
+    count, a higher count must not make the gateway replace the retired ones.
+    """
+
+    def __init__(
+        self, order: Sequence[str], retire_timeout: float, events: EventLog, log: logging.Logger
+    ) -> None:
+        self.order = list(order)
+        self.retire_timeout = retire_timeout
+        self.events = events
+        self.log = log
+        # Scale-downs in progress: cluster name -> (count, deadline on the loop's clock).
+        self._targets: dict[str, tuple[int, float]] = {}
+
+    async def scale_down(
+        self,
+        db: DataManager,
+        cluster: Cluster,
+        count: int,
+        pool_names: Sequence[str],
+        pool_of: Callable[[Worker], str],
+    ) -> None:
+        """Retire running workers beyond ``count``; ``pool_names`` are the cluster's, in order."""
+        self._targets.pop(cluster.name, None)
+        running = [w for w in cluster.active_workers() if w.status == JobStatus.RUNNING]
+        # Pending workers go first (upstream's rule): only running ones beyond ``count`` leave.
+        k = len(running) - count
+        if k <= 0 or not cluster.scheduler_address:
+            return
+        order = self.order + [n for n in reversed(pool_names) if n not in self.order]
+        chosen = choose_running_to_retire(running, pool_of, order, k)
+        db.update_workers([(w, {"close_expected": True}) for w in chosen])
+        deadline = asyncio.get_running_loop().time() + self.retire_timeout + 30
+        self._targets[cluster.name] = (count, deadline)
+        try:
+            await retire_on_scheduler(cluster, [w.name for w in chosen], self.retire_timeout)
+        except Exception as exc:
+            self.log.warning(
+                "Cluster %s: retiring %d workers by pool order failed (%s); the scheduler "
+                "chooses instead",
+                cluster.name,
+                len(chosen),
+                exc,
+            )
+            self._targets.pop(cluster.name, None)
+        else:
+            names = sorted({pool_of(w) for w in chosen})
+            self.events.add(
+                cluster.name, f"scale-down retired {len(chosen)} worker(s) from {', '.join(names)}"
+            )
+
+    def heartbeat_count(self, cluster_name: str, count: int) -> int:
+        """The count to act on for a heartbeat reporting ``count`` requested workers."""
+        target = self._targets.get(cluster_name)
+        if target is None:
+            return count
+        wanted, deadline = target
+        if count == wanted or asyncio.get_running_loop().time() > deadline:
+            self._targets.pop(cluster_name, None)
+            return count
+        # The scheduler retired workers for a scale-down it has not been told of yet.
+        return min(count, wanted)

@@ -1,9 +1,14 @@
-"""Launchers for tests: importable by path from a gateway config (``tests.support_launchers``)."""
+"""Launchers for tests (importable by path from a gateway config: ``tests.support_launchers``),
+and the ``LauncherContext`` a launcher gets when a test runs it without a gateway."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from traitlets import Bool, Float
 
+from gateway_backend.events import EventLog
+from gateway_backend.launchers.base import KnownRecords, Launcher, LauncherContext
 from gateway_backend.launchers.local import LocalLauncher
 
 
@@ -20,3 +25,37 @@ class SlowLocalLauncher(LocalLauncher):
         if name.startswith("worker-"):
             cmd = ["sh", "-c", 'sleep "$0"; exec "$@"', str(self.start_delay), *cmd]
         return super()._spawn(cluster, cmd, env, name)
+
+
+def known(clusters: Iterable[str] = (), workers: Iterable[str] = ()) -> KnownRecords:
+    return KnownRecords(frozenset(clusters), frozenset(workers))
+
+
+def launcher_context(
+    launcher: Launcher,
+    *,
+    scheduler_launcher: Launcher | None = None,
+    records: KnownRecords | None = None,
+    events: EventLog | None = None,
+    name: str = "test",
+    **fields,
+) -> LauncherContext:
+    """A context for ``launcher``: it runs the schedulers unless ``scheduler_launcher`` does.
+
+    ``records`` are what ``known_records()`` answers (nothing, by default);
+    events go to ``events`` (a new ``EventLog`` if not given).
+    """
+    records = known() if records is None else records
+    events = EventLog() if events is None else events
+    defaults = {
+        "api_url": "http://127.0.0.1:9/api",
+        "heartbeat_period": 5,
+        "proxy_tls_address": "127.0.0.1:8786",
+    }
+    return LauncherContext(
+        known_records=lambda: records,
+        add_event=events.add,
+        scheduler_launcher=scheduler_launcher or launcher,
+        name=name,
+        **{**defaults, **fields},
+    )

@@ -16,37 +16,41 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dask_gateway_server.traitlets import Callable as CallableTrait
-from dask_gateway_server.utils import FrozenAttrDict, normalize_address
-from traitlets import (
-    Bool,
-    CaselessStrEnum,
-    Dict,
-    Float,
-    List,
-    TraitError,
-    Unicode,
-    default,
-    validate,
-)
+from dask_gateway_server.utils import FrozenAttrDict, TaskPool, normalize_address
+from traitlets import default
 
 from ..commands import CERT_FILE, KEY_FILE, proxy_sni, worker_command, worker_env
-from .base import Launcher, LauncherUnavailable, WorkerCheck, WorkerPhase, log_tail
+from ..config import ConfigError
+from ..periodic import run_periodically
+from .base import (
+    Check,
+    ClusterFacts,
+    KnownRecords,
+    Launcher,
+    LauncherContext,
+    LauncherUnavailable,
+    Phase,
+    log_tail,
+)
 from .htcondor_quoting import (
-    UnsafeValue,
     arguments_value,
     check_accounting_user,
-    check_literal,
     classad_string,
     constraint_string,
     environment_value,
     submit_literal,
 )
+from .htcondor_settings import HTCondorSettings
+from .staging import write_credentials
+
+if TYPE_CHECKING:
+    from dask_gateway_server.backends.db_base import Cluster, Worker
 
 # JobStatus values (htcondor2.JobStatus)
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
@@ -82,266 +86,63 @@ class JobInfo:
 #: name; every other ``$`` is literal.)
 WORKER_NAME = "\0worker_name\0"
 
+#: Launchers that set HTCondor's ``SEC_TOKEN_DIRECTORY``, which is process-wide
+#: configuration: pools of one gateway cannot each have their own.
+_TOKEN_DIRECTORY_SETTERS: weakref.WeakSet[HTCondorLauncher] = weakref.WeakSet()
 
-class HTCondorLauncher(Launcher):
+
+class HTCondorLauncher(HTCondorSettings, Launcher):
     """Workers as HTCondor jobs through the ``htcondor2`` bindings (workers only)."""
 
     kind = "htcondor"
 
-    schedd_name = Unicode(
-        "",
-        help="Name of the schedd to submit to. Empty: the local schedd of this machine.",
-        config=True,
-    )
-
-    collector = Unicode(
-        "",
-        help="Collector (host[:port]) used to locate ``schedd_name``. Empty: from HTCondor config.",
-        config=True,
-    )
-
-    schedd_factory = CallableTrait(
-        None,
-        allow_none=True,
-        help="""
-        A callable returning an ``htcondor2.Schedd``-like object, instead of
-        locating one by ``schedd_name``/``collector``. For custom location
-        logic and for testing against a stand-in.
-        """,
-        config=True,
-    )
-
-    idtoken_directory = Unicode(
-        "",
-        help="""
-        Directory holding the IDTOKEN(s) the gateway authenticates to the schedd
-        with (sets HTCondor's ``SEC_TOKEN_DIRECTORY`` for this process). Empty:
-        HTCondor's own configuration decides.
-        """,
-        config=True,
-    )
-
-    scheduler_address = Unicode(
-        help="""
-        The gateway proxy's TLS address as execute nodes see it, e.g.
-        ``tls://gateway.example.org:8786``. Workers connect there with SNI
-        ``daskgateway-<cluster>``. Defaults to the proxy's own TCP address,
-        which only works when execute nodes share the gateway's network.
-        """,
-        config=True,
-    )
-
     @default("scheduler_address")
     def _default_scheduler_address(self) -> str:
-        proxy = self.backend.proxy
-        return "tls://" + normalize_address(proxy.tcp_address, resolve_host=True)
-
-    worker_executable = Unicode(
-        "/usr/bin/env",
-        help="""
-        Executable of worker jobs, run in place (``transfer_executable = false``);
-        the cluster's ``worker_cmd`` (default ``dask worker``) is its arguments,
-        so ``/usr/bin/env`` finds ``dask`` on the job's PATH.
-        """,
-        config=True,
-    )
-
-    worker_host = Unicode(
-        "",
-        help="Address workers listen on (``--host``). Empty: distributed's default interface.",
-        config=True,
-    )
-
-    container_mode = CaselessStrEnum(
-        ["none", "container", "apptainer"],
-        default_value="none",
-        help="""
-        How ``container_image`` runs: ``container`` uses the container universe
-        (``container_image``), ``apptainer`` sets ``+SingularityImage`` as OSG
-        and most HEP pools expect, ``none`` runs on the execute node directly.
-        """,
-        config=True,
-    )
-
-    container_image = Unicode(
-        "", help="The worker image (e.g. a /cvmfs path or docker:// URL).", config=True
-    )
-
-    request_disk = Unicode("1 GB", help="``request_disk`` of worker jobs.", config=True)
-
-    environment = Dict(
-        {},
-        help="""
-        Extra, non-secret environment variables of worker jobs (visible in the job
-        ad). Values are passed literally: ``$`` is not an HTCondor macro here, and a
-        value with a line break, ``$$`` or ``$(DOLLAR)`` is refused at start-up.
-        """,
-        config=True,
-    )
-
-    extra_submit = Dict(
-        {},
-        help="""
-        Extra submit commands for site policy, e.g. ``{"requirements":
-        "OpSysMajorVer == 9", "+DESIRED_Sites": '"T2_US_Nebraska"'}``. The only
-        values written verbatim (macros expand, ClassAd strings need their quotes):
-        never put user-controlled text here.
-        """,
-        config=True,
-    )
-
-    staging_directory = Unicode(
-        help="""
-        Directory under which each cluster gets a private (0700) directory with
-        the TLS files its jobs transfer as encrypted input files, and job logs.
-        """,
-        config=True,
-    )
-
-    @default("staging_directory")
-    def _default_staging_directory(self) -> str:
-        return os.path.join(os.path.expanduser("~"), ".elastic-gateway", "htcondor")
-
-    @validate("staging_directory")
-    def _validate_staging_directory(self, proposal):
-        # transfer_input_files is a comma-separated list: HTCondor would split the
-        # path and hold every job with a transfer failure.
-        if "," in proposal.value:
-            raise TraitError(
-                f"HTCondorLauncher.staging_directory {proposal.value!r} contains a comma, "
-                "which HTCondor's transfer_input_files cannot express; choose a path without one"
-            )
-        return proposal.value
-
-    gateway_id = Unicode(
-        "elastic-gateway",
-        help="""
-        Value of the ``DaskGatewayInstance`` attribute on every job of this
-        gateway; queries, leases and clean-ups select by it. Gateways sharing
-        a schedd must use different values. It must stay the same across
-        restarts (a restarted gateway finds its jobs by it), so the default is
-        a fixed name, not the host name, which changes when the gateway moves.
-        """,
-        config=True,
-    )
-
-    status_period = Float(
-        5.0,
-        help="Seconds between the one schedd query (and one lease renewal) for all jobs.",
-        config=True,
-    )
-
-    lease_duration = Float(
-        600.0,
-        help="""
-        Seconds a job lives without the gateway renewing its lease. A job whose
-        lease lapsed (the gateway is gone) is removed by its ``periodic_remove``.
-        """,
-        config=True,
-    )
-
-    held_job_timeout = Float(
-        600.0,
-        help="Seconds a held job stays before its own ``periodic_remove`` removes it.",
-        config=True,
-    )
-
-    schedd_timeout = Float(30.0, help="Seconds before a schedd call counts as failed.", config=True)
-
-    remove_reason = Unicode(
-        "removed by Elastic Gateway", help="Reason recorded on jobs the gateway removes."
-    )
-
-    worker_extra_args = List(
-        [],
-        help="""
-        Extra arguments of ``dask worker`` (e.g. ``--contact-address``), passed
-        literally like ``environment`` values.
-        """,
-        config=True,
-    )
-
-    nanny = Bool(
-        False,
-        help="""
-        Run a Nanny in worker jobs. Off by default: distributed's Nanny does not
-        send ``--scheduler-sni`` when it registers, so it cannot reach a
-        scheduler through the gateway proxy; HTCondor enforces the job's memory
-        and the gateway replaces failed workers, which is what a Nanny adds.
-        """,
-        config=True,
-    )
-
-    use_accounting_group = Bool(
-        True,
-        help="Set ``accounting_group``/``accounting_group_user`` from the cluster's VO.",
-        config=True,
-    )
-
-    accounting_user_pattern = Unicode(
-        r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}",
-        help="""
-        Regular expression the whole user name of a cluster's owner must match to
-        become its jobs' ``accounting_group_user`` (only when the cluster's VO has an
-        ``accounting_group``). Others are refused when they create a cluster, with
-        a message naming this setting. The default, letters, digits, ``_`` and
-        ``-`` (at most 64), leaves out ``.``, because HTCondor reads
-        ``AccountingGroup`` (``<group>.<user>``) up to its last dot as the group, so
-        a user named ``sub.alice`` would be charged to the subgroup
-        ``<group>.sub``, and ``@``, which ends the group part of a submitter name.
-        Widen it (e.g. for e-mail-like names) only where no subgroups exist. Whatever
-        it allows, names with whitespace, control characters, ``$`` or non-ASCII
-        characters are refused.
-        """,
-        config=True,
-    )
-
-    @validate("accounting_user_pattern")
-    def _validate_accounting_user_pattern(self, proposal):
-        try:
-            re.compile(proposal.value)
-        except re.error as exc:
-            raise TraitError(
-                f"HTCondorLauncher.accounting_user_pattern {proposal.value!r} is not a "
-                f"regular expression: {exc}"
-            ) from None
-        return proposal.value
-
-    @validate("environment", "worker_extra_args", "container_image")
-    def _validate_literal_settings(self, proposal):
-        # Admin values reach the submit description too: refused here, naming the key.
-        name, value = proposal.trait.name, proposal.value
-        try:
-            if name == "environment":
-                environment_value({k: str(v) for k, v in value.items()})
-            elif name == "worker_extra_args":
-                arguments_value([str(a) for a in value])
-            else:
-                check_literal(value, "the image")
-        except UnsafeValue as exc:
-            raise TraitError(f"HTCondorLauncher.{name}: {exc}") from None
-        return value
+        address = normalize_address(self.context.proxy_tls_address, resolve_host=True)
+        return "tls://" + address
 
     # -- lifecycle ------------------------------------------------------------------
-    async def setup(self, backend) -> None:
-        await super().setup(backend)
+    async def setup(self, context: LauncherContext) -> None:
+        await super().setup(context)
         if self.idtoken_directory:
-            import htcondor2
-
-            htcondor2.param["SEC_TOKEN_DIRECTORY"] = self.idtoken_directory
+            self._set_token_directory()
         os.makedirs(self.staging_directory, mode=0o700, exist_ok=True)
         self._schedd = None
         self.jobs: dict[str, JobInfo] = {}  # worker name -> job, from the last query
         self.cache_time = 0.0  # when the cache was last refreshed successfully
         self.schedd_error = ""  # the last schedd failure, cleared on success
         self._removals: list[Any] = []  # job specs whose removal must be retried
-        self._loop_task = asyncio.ensure_future(self._status_loop())
+        self._status_delay = self.status_period  # longer after failures
+        self._tasks = TaskPool()
+        run_periodically(
+            self._tasks,
+            self._status_step,
+            lambda: self._status_delay,
+            self.log,
+            f"HTCondor status update ({context.name or self.kind})",
+        )
 
     async def cleanup(self) -> None:
-        task = getattr(self, "_loop_task", None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        _TOKEN_DIRECTORY_SETTERS.discard(self)
+        tasks = getattr(self, "_tasks", None)
+        if tasks is not None:
+            await tasks.close()
+
+    def _set_token_directory(self) -> None:
+        """Point HTCondor at ``idtoken_directory``, refusing a second one in this process."""
+        for other in _TOKEN_DIRECTORY_SETTERS:
+            if other is not self and other.idtoken_directory != self.idtoken_directory:
+                raise ConfigError(
+                    f"HTCondor launchers {other.context.name!r} and {self.context.name!r} set "
+                    f"different HTCondorLauncher.idtoken_directory ({other.idtoken_directory!r}, "
+                    f"{self.idtoken_directory!r}), but HTCondor reads the token directory from "
+                    "process-wide configuration: give every HTCondor pool of this gateway the "
+                    "same one (it may hold several tokens)"
+                )
+        import htcondor2
+
+        htcondor2.param["SEC_TOKEN_DIRECTORY"] = self.idtoken_directory
+        _TOKEN_DIRECTORY_SETTERS.add(self)
 
     # -- schedd access -------------------------------------------------------------------
     def _locate(self):
@@ -380,34 +181,28 @@ class HTCondorLauncher(Launcher):
             constraint += f" && DaskGatewayCluster == {constraint_string(cluster_name)}"
         return constraint
 
-    async def _status_loop(self) -> None:
-        delay = self.status_period
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.refresh()
-            except LauncherUnavailable as exc:
-                self.log.warning("HTCondor status update failed, retrying: %s", exc)
-                delay = min(delay * 2, max(60.0, self.status_period))
-            except Exception:
-                self.log.exception("HTCondor status update failed")
-                delay = min(delay * 2, max(60.0, self.status_period))
-            else:
-                delay = self.status_period
+    async def _status_step(self) -> None:
+        """One ``refresh``; after a failure the next one waits twice as long (up to a minute)."""
+        try:
+            await self.refresh()
+        except Exception as exc:
+            self._status_delay = min(self._status_delay * 2, max(60.0, self.status_period))
+            if not isinstance(exc, LauncherUnavailable):
+                raise  # logged with its traceback by run_periodically
+            self.log.warning(
+                "HTCondor status update (%s) failed, retrying: %s",
+                self.context.name or self.kind,
+                exc,
+            )
+        else:
+            self._status_delay = self.status_period
 
-    def _known_workers(self) -> set[str]:
-        return {
-            w.name
-            for c in self.backend.db.active_clusters()
-            for w in c.workers.values()
-            if w.is_active()
-        }
-
-    async def refresh(self) -> None:
+    async def refresh(self, known: KnownRecords | None = None) -> int:
         """One query for all of this gateway's jobs, one lease renewal, retried removals.
 
-        Jobs of workers the database does not know (a submit that timed out but
-        went through, a gateway restart) are removed here too.
+        Jobs of workers without a record in ``known`` (default: the gateway's
+        records now) are removed too: a submit that timed out but went through,
+        jobs of a gateway that restarted. Returns how many such jobs were removed.
         """
         started = time.time()
         ads = await self._call("query", self._instance_constraint(), PROJECTION)
@@ -425,10 +220,14 @@ class HTCondorLauncher(Launcher):
         self.jobs = jobs
         self.cache_time = started
         self.schedd_error = ""
-        known = self._known_workers()
-        stray = [job.job_id for job in jobs.values() if job.worker not in known]
+        known = self.context.known_records() if known is None else known
+        stray = [job.job_id for job in jobs.values() if job.worker not in known.workers]
         if stray:
-            self.log.warning("Removing %d HTCondor jobs with no worker record", len(stray))
+            self.log.warning(
+                "Removing %d HTCondor jobs with no worker record (%s)",
+                len(stray),
+                self.context.name or self.kind,
+            )
             await self._remove(stray)
         if jobs:
             expires = int(time.time() + self.lease_duration)
@@ -439,6 +238,7 @@ class HTCondorLauncher(Launcher):
             pending, self._removals = self._removals, []
             for spec in pending:
                 await self._remove(spec)
+        return len(stray)
 
     async def _remove(self, spec: Any) -> None:
         import htcondor2
@@ -450,24 +250,20 @@ class HTCondorLauncher(Launcher):
             raise
 
     # -- per-cluster files -------------------------------------------------------------
-    def cluster_directory(self, cluster) -> str:
+    def cluster_directory(self, cluster: Cluster) -> str:
         return os.path.join(self.staging_directory, cluster.name)
 
-    def _stage_credentials(self, cluster) -> tuple[str, str]:
+    def _stage_credentials(self, cluster: Cluster) -> tuple[str, str]:
+        """The cluster's TLS files in its private directory, for jobs to transfer."""
         directory = self.cluster_directory(cluster)
         os.makedirs(os.path.join(directory, "logs"), mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
-        paths = []
-        for name, data in ((CERT_FILE, cluster.tls_cert), (KEY_FILE, cluster.tls_key)):
-            path = os.path.join(directory, name)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            paths.append(path)
-        return paths[0], paths[1]
+        return write_credentials(cluster, directory)
 
     # -- submit description ------------------------------------------------------------
-    def check_cluster_request(self, username: str, options: Mapping[str, Any], config) -> None:
+    def check_cluster_request(
+        self, username: str, options: Mapping[str, Any], config: Any, facts: ClusterFacts
+    ) -> None:
         """Refuse, at creation, a cluster whose jobs could not be submitted exactly.
 
         Builds the submit description a batch of its workers would get, so a user
@@ -477,9 +273,11 @@ class HTCondorLauncher(Launcher):
         if hasattr(config, "to_dict"):
             config = FrozenAttrDict(config.to_dict())
         probe = SimpleNamespace(name="0" * 32, username=username, options=options, config=config)
-        self.submit_description(probe, CERT_FILE, KEY_FILE)
+        self.submit_description(probe, CERT_FILE, KEY_FILE, facts)
 
-    def submit_description(self, cluster, cert_path: str, key_path: str) -> dict[str, str]:
+    def submit_description(
+        self, cluster: Cluster, cert_path: str, key_path: str, facts: ClusterFacts
+    ) -> dict[str, str]:
         """The submit commands shared by all procs of one batch (``$(worker_name)`` varies).
 
         Every value is escaped for the submit language (and ClassAd strings for
@@ -537,22 +335,23 @@ class HTCondorLauncher(Launcher):
             desc["container_image"] = submit_literal(self.container_image, "container_image")
         elif self.container_image and self.container_mode == "apptainer":
             desc["+SingularityImage"] = classad_string(self.container_image)
-        vo = self.backend.vo_of(cluster)
-        if self.use_accounting_group and vo is not None and vo.accounting_group:
+        if self.use_accounting_group and facts.accounting_group:
             pattern = re.compile(self.accounting_user_pattern)
             user = check_accounting_user(cluster.username, pattern)
-            what = f"the accounting_group of VO {vo.name}"
-            desc["accounting_group"] = submit_literal(vo.accounting_group, what)
+            what = f"the accounting_group of VO {facts.vo}"
+            desc["accounting_group"] = submit_literal(facts.accounting_group, what)
             desc["accounting_group_user"] = user
         desc.update({k: str(v) for k, v in self.extra_submit.items()})
         return desc
 
     # -- workers --------------------------------------------------------------------------
-    async def start_workers(self, cluster, workers) -> list[dict[str, Any]]:
+    async def start_workers(
+        self, cluster: Cluster, workers: Sequence[Worker], facts: ClusterFacts
+    ) -> list[dict[str, Any]]:
         import htcondor2
 
         cert_path, key_path = self._stage_credentials(cluster)
-        submit = htcondor2.Submit(self.submit_description(cluster, cert_path, key_path))
+        submit = htcondor2.Submit(self.submit_description(cluster, cert_path, key_path, facts))
         itemdata = [{"worker_name": w.name} for w in workers]
         result = await self._call("submit", submit, itemdata=iter(itemdata))
         cluster_id, first = result.cluster(), result.first_proc()
@@ -562,18 +361,18 @@ class HTCondorLauncher(Launcher):
             for i in range(len(workers))
         ]
 
-    async def stop_workers(self, workers) -> None:
+    async def stop_workers(self, workers: Sequence[Worker]) -> None:
         ids = [w.state["job_id"] for w in workers if "job_id" in w.state]
         if ids:
             await self._remove(ids)
 
-    async def stop_cluster_workers(self, cluster, workers) -> None:
+    async def stop_cluster_workers(self, cluster: Cluster, workers: Sequence[Worker]) -> None:
         try:
             await self._remove(self._instance_constraint(cluster.name))
         finally:
             shutil.rmtree(self.cluster_directory(cluster), ignore_errors=True)
 
-    def _why(self, worker) -> str:
+    def _why(self, worker: Worker) -> str:
         """The last line the worker wrote to stderr, if the job's log reached us."""
         path = os.path.join(
             self.cluster_directory(worker.cluster), "logs", f"worker-{worker.name}.err"
@@ -581,7 +380,7 @@ class HTCondorLauncher(Launcher):
         lines = log_tail(path).splitlines()
         return f": {lines[-1]}" if lines else ""
 
-    async def check_workers(self, workers) -> list[WorkerCheck]:
+    async def check_workers(self, workers: Sequence[Worker]) -> list[Check]:
         """Answered from the status cache: no schedd call per check."""
         out = []
         for w in workers:
@@ -592,29 +391,27 @@ class HTCondorLauncher(Launcher):
                     why = "waiting for the schedd to list the job"
                     if self.schedd_error:
                         why = f"schedd unreachable ({self.schedd_error})"
-                    out.append(WorkerCheck(WorkerPhase.PENDING, why))
+                    out.append(Check(Phase.PENDING, why))
                 else:
                     reason = "the job left the schedd queue" + self._why(w)
-                    out.append(WorkerCheck(WorkerPhase.FAILED, reason))
+                    out.append(Check(Phase.FAILED, reason))
             elif job.status == HELD:
-                out.append(WorkerCheck(WorkerPhase.FAILED, f"job held: {job.hold_reason}"))
+                out.append(Check(Phase.FAILED, f"job held: {job.hold_reason}"))
             elif job.status in (REMOVED, COMPLETED):
-                out.append(WorkerCheck(WorkerPhase.FAILED, "the job ended" + self._why(w)))
+                out.append(Check(Phase.FAILED, "the job ended" + self._why(w)))
             elif job.status == RUNNING:
-                out.append(WorkerCheck(WorkerPhase.RUNNING))
+                out.append(Check(Phase.RUNNING))
             else:
                 why = "idle in the schedd queue, waiting for a slot"
                 if job.why_idle:
                     why += f" ({job.why_idle})"
-                out.append(WorkerCheck(WorkerPhase.PENDING, why))
+                out.append(Check(Phase.PENDING, why))
         return out
 
-    async def remove_unknown(self, known_clusters: set[str], known_workers: set[str]) -> int:
+    async def remove_unknown(self, known: KnownRecords) -> int:
         """``refresh`` removes jobs without records; run it now instead of a period later."""
         try:
-            before = len(self.jobs)
-            await self.refresh()
+            return await self.refresh(known)
         except LauncherUnavailable as exc:
             self.log.warning("Cannot reconcile HTCondor jobs now (%s); retrying each period", exc)
             return 0
-        return max(0, before - len(self.jobs))

@@ -4,7 +4,7 @@
 expanding macros (``$(name)``, ``$ENV(name)``, ``$RANDOM_CHOICE(...)``...) in every value,
 in the gateway's process. A value is therefore safe only if that round trip gives back
 exactly the value meant. The rules, checked against the real ``htcondor2.Submit`` in
-``tests/test_htcondor_unit.py``:
+``tests/unit/test_htcondor.py``:
 
 * no line breaks or other control characters (tab excepted): a newline starts a new submit
   command, and none of them can be escaped; such values are refused;

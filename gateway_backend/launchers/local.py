@@ -21,12 +21,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
-from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default
 
 from ..commands import (
     CERT_FILE,
@@ -36,12 +34,10 @@ from ..commands import (
     worker_command,
     worker_env,
 )
-from ..pools import ConfigError
-from .base import Launcher, WorkerCheck, WorkerPhase
+from .base import Check, ClusterFacts, KnownRecords, Launcher, LauncherContext, Phase
 from .forkserver import ForkServer
 from .local_isolation import (
     DIRECTORY,
-    SECRET_ENV,
     Account,
     UserRefused,
     check_work_directory_for_users,
@@ -50,8 +46,12 @@ from .local_isolation import (
     read_tail,
     remove_below,
     resolve_account,
-    write_private,
 )
+from .local_settings import LocalSettings
+from .staging import write_credentials
+
+if TYPE_CHECKING:
+    from dask_gateway_server.backends.db_base import Cluster, Worker
 
 
 def _process_alive(state: dict[str, Any]) -> bool:
@@ -68,138 +68,21 @@ def _process_alive(state: dict[str, Any]) -> bool:
         return False
 
 
-class LocalLauncher(Launcher):
+class LocalLauncher(LocalSettings, Launcher):
     """Runs schedulers and workers as subprocesses of the gateway's machine."""
 
     kind = "local"
 
-    work_directory = Unicode(
-        help="""
-        Directory under which each cluster gets a private working directory
-        (TLS files, logs). Defaults to a new temporary directory. Set it to a
-        persistent path so that a restarted gateway can find its clusters' logs.
-        With ``run_as = "user"`` it is made mode 0711 (users may pass through it
-        to their clusters' directories but not list it), and every directory
-        above it must let other users pass (mode o+x): keep it out of the
-        gateway's state directory, which holds its secrets.
-        """,
-        config=True,
-    )
-
-    @default("work_directory")
-    def _default_work_directory(self) -> str:
-        return tempfile.mkdtemp(prefix="elastic-gateway-")
-
-    run_as = CaselessStrEnum(
-        ["gateway", "user"],
-        "gateway",
-        help="""
-        Whose OS account runs a cluster's scheduler and workers.
-
-        ``"user"``: the account named like the gateway user (exactly; names that
-        are not plain account names, unknown accounts and system accounts are
-        refused). The gateway must run as root. Each cluster's directory belongs
-        to its user (mode 0700), so no user can read another's TLS keys, logs or
-        spilled data, nor anything of the gateway.
-
-        ``"gateway"``: the gateway's own account, shared by every user. Allowed
-        only with ``single_user`` or ``allow_shared_local_user``.
-        """,
-        config=True,
-    )
-
-    single_user = Unicode(
-        "",
-        help="""
-        With ``run_as = "gateway"``: the one gateway user whose clusters this
-        launcher runs; other users' cluster requests are refused, saying so.
-        ``elastic-gateway serve`` sets it to the OS user running the gateway
-        (the one who can read its password).
-        """,
-        config=True,
-    )
-
-    allow_shared_local_user = Bool(
-        False,
-        help="""
-        With ``run_as = "gateway"``: run *every* gateway user's clusters as the
-        gateway's own OS account. This gives away user separation: any user's
-        code (a task, a worker plugin) can read every other user's cluster TLS
-        keys and logs and the gateway's own secrets (database key, proxy token,
-        passwords) and state, and connect to their schedulers to read their data
-        or run code in their clusters. Only for gateways whose users all trust
-        each other and may act as the gateway's admin.
-        """,
-        config=True,
-    )
-
-    min_uid = Integer(
-        1000,
-        min=1,
-        help="""
-        With ``run_as = "user"``: lowest uid a cluster may run as. Users whose OS
-        account has a lower uid (root, daemon and other system accounts) are refused.
-        """,
-        config=True,
-    )
-
-    inherited_environment = List(
-        ["PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LANG", "LC_ALL", "HOME", "TMPDIR"],
-        help="""
-        Environment variables scheduler and worker processes inherit from the
-        gateway. Names that look like credentials (``*TOKEN*``, ``*SECRET*``,
-        ``*PASSW*``, ``*ENCRYPT*``, ``*_KEY(S)``, ``KRB5*``...) are refused at
-        start-up: users' code can read its environment. With ``run_as = "user"``,
-        ``HOME``, ``USER`` and ``LOGNAME`` are the user's.
-        """,
-        config=True,
-    )
-
-    stop_grace_period = Float(
-        5.0,
-        help="Seconds to wait after SIGTERM before a process is killed with SIGKILL.",
-        config=True,
-    )
-
-    fork_server = Bool(
-        True,
-        help="""
-        Start schedulers and workers by forking a process that has already
-        imported distributed, instead of a new ``dask scheduler``/``dask worker``
-        process each: cluster start and scale-up no longer pay an interpreter
-        start and import per process. Used when the cluster's ``scheduler_cmd``/
-        ``worker_cmd`` are the defaults. With ``run_as = "user"`` each user gets
-        their own fork server, started as that user.
-        """,
-        config=True,
-    )
-
-    nanny_start_method = CaselessStrEnum(
-        ["fork", "spawn", "forkserver"],
-        "fork",
-        help="""
-        ``distributed.worker.multiprocessing-method`` for workers started by the
-        fork server: ``fork`` lets each nanny fork its worker (fast) instead of
-        starting a new interpreter (``spawn``, distributed's default).
-        """,
-        config=True,
-    )
-
-    host = Unicode(
-        "127.0.0.1",
-        help="Address schedulers and workers listen on. Keep it on loopback unless "
-        "workers on other machines must reach the scheduler directly.",
-        config=True,
-    )
-
-    async def setup(self, backend) -> None:
-        await super().setup(backend)
-        self._check_config()
+    async def setup(self, context: LauncherContext) -> None:
+        await super().setup(context)
+        self._check_settings()
         os.makedirs(self.work_directory, mode=0o700, exist_ok=True)
         if self.run_as == "user":
             check_work_directory_for_users(self.work_directory)
-        # Popen objects of processes this gateway process started, so they get reaped.
+        # Popen objects of processes this gateway process started, so they get reaped,
+        # and the exit codes of those reaped since, for the reason a check reports.
         self._children: dict[int, subprocess.Popen] = {}
+        self._exit_codes: dict[int, int] = {}
         # Live processes found by their directories, not yet adopted (see _adoptable).
         self._found: dict[tuple[str, str | None], dict[str, Any]] | None = None
         self._user_servers: dict[str, ForkServer] = {}
@@ -207,31 +90,6 @@ class LocalLauncher(Launcher):
         if self.fork_server and self.run_as == "gateway":
             self._fork_server = ForkServer(self._base_env())
             self._warm_up = asyncio.ensure_future(self._fork_server.start())
-
-    def _check_config(self) -> None:
-        secret = [n for n in self.inherited_environment if SECRET_ENV.search(n)]
-        if secret:
-            raise ConfigError(
-                f"LocalLauncher.inherited_environment lists {secret}: these look like "
-                "credentials of the gateway, and cluster processes run users' code, which "
-                "can read its environment. Remove them; give clusters what they need with "
-                "ElasticClusterConfig.environment"
-            )
-        if self.run_as == "user" and os.geteuid() != 0:
-            raise ConfigError(
-                "LocalLauncher.run_as = 'user' runs each cluster as its user's OS account, "
-                f"which needs the gateway to run as root (it runs as uid {os.geteuid()}): "
-                "start it as root or use LocalLauncher.run_as = 'gateway'"
-            )
-        if self.run_as == "gateway" and not (self.allow_shared_local_user or self.single_user):
-            raise ConfigError(
-                "LocalLauncher.run_as = 'gateway' runs every user's clusters as the gateway's "
-                "own OS account, so any user's code could read other users' cluster keys and "
-                "the gateway's secrets and connect to their schedulers. Set "
-                "LocalLauncher.run_as = 'user' (an OS account per user; gateway as root), "
-                "LocalLauncher.single_user = '<the one user>', or, accepting all of that, "
-                "LocalLauncher.allow_shared_local_user = True"
-            )
 
     async def cleanup(self) -> None:
         if self._fork_server is not None:
@@ -241,11 +99,13 @@ class LocalLauncher(Launcher):
             await server.close()
 
     # -- who runs a cluster -----------------------------------------------------
-    def check_cluster_request(self, username: str, options: Mapping[str, Any], config) -> None:
+    def check_cluster_request(
+        self, username: str, options: Mapping[str, Any], config: Any, facts: ClusterFacts
+    ) -> None:
         """Refuse, when the cluster is requested, a user this launcher may not run."""
         self.account_for(username)
 
-    def account_of(self, cluster) -> Account | None:
+    def account_of(self, cluster: Cluster) -> Account | None:
         """The OS account for ``cluster`` (None: the gateway's), or ``UserRefused``."""
         return self.account_for(cluster.username)
 
@@ -276,20 +136,20 @@ class LocalLauncher(Launcher):
         return server
 
     # -- directories --------------------------------------------------------------
-    def cluster_directory(self, cluster) -> str:
+    def cluster_directory(self, cluster: Cluster) -> str:
         return os.path.join(self.work_directory, cluster.name)
 
-    def _tls_paths(self, cluster) -> tuple[str, str]:
+    def _tls_paths(self, cluster: Cluster) -> tuple[str, str]:
         certs = os.path.join(self.cluster_directory(cluster), ".certs")
         return os.path.join(certs, CERT_FILE), os.path.join(certs, KEY_FILE)
 
-    def _process_directory(self, cluster, log: str) -> str:
+    def _process_directory(self, cluster: Cluster, log: str) -> str:
         """The marker directory of the process logging to ``log``."""
         if log.startswith("worker-"):
             return os.path.join(self.cluster_directory(cluster), "workers", log[len("worker-") :])
         return self.cluster_directory(cluster)
 
-    def _prepare_cluster_directory(self, cluster, account: Account | None) -> None:
+    def _prepare_cluster_directory(self, cluster: Cluster, account: Account | None) -> None:
         """Make the cluster's directory, owned by ``account``, without following links.
 
         With ``run_as = "user"`` the directory may already be its user's (workers of a
@@ -310,10 +170,11 @@ class LocalLauncher(Launcher):
             os.fchmod(wfd, 0o700)
             for sub in ("logs", "workers", ".certs"):
                 sfd = private_subdir(wfd, sub, uid, gid)
-                if sub == ".certs":
-                    write_private(sfd, CERT_FILE, cluster.tls_cert, uid, gid)
-                    write_private(sfd, KEY_FILE, cluster.tls_key, uid, gid)
-                os.close(sfd)
+                try:
+                    if sub == ".certs":
+                        write_credentials(cluster, dir_fd=sfd, owner=(uid, gid))
+                finally:
+                    os.close(sfd)
         finally:
             os.close(wfd)
 
@@ -324,10 +185,10 @@ class LocalLauncher(Launcher):
         env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
         return env
 
-    def log_path(self, cluster, name: str) -> str:
+    def log_path(self, cluster: Cluster, name: str) -> str:
         return os.path.join(self.cluster_directory(cluster), "logs", f"{name}.log")
 
-    def _log_tail(self, cluster, name: str) -> str:
+    def _log_tail(self, cluster: Cluster, name: str) -> str:
         """The end of a process's log; a link or another user's file there is not read."""
         try:
             account = self.account_of(cluster)
@@ -336,7 +197,7 @@ class LocalLauncher(Launcher):
         owner = account.uid if account else os.geteuid()
         return read_tail(self.cluster_directory(cluster), "logs", f"{name}.log", owner)
 
-    def _spawn(self, cluster, cmd: list[str], env: dict[str, str], name: str) -> dict:
+    def _spawn(self, cluster: Cluster, cmd: list[str], env: dict[str, str], name: str) -> dict:
         full_env = self._base_env()
         full_env.update(env)
         cwd = self._process_directory(cluster, name)
@@ -352,12 +213,14 @@ class LocalLauncher(Launcher):
                 start_new_session=True,
             )
         self._children[proc.pid] = proc
+        self._exit_codes.pop(proc.pid, None)  # a code of an earlier process with this pid
         create_time = psutil.Process(proc.pid).create_time()
         return {"pid": proc.pid, "create_time": create_time, "log": name}
 
     def _reap(self) -> None:
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
+                self._exit_codes[pid] = proc.returncode
                 del self._children[pid]
 
     async def _terminate(self, states: Sequence[dict[str, Any]]) -> None:
@@ -377,7 +240,9 @@ class LocalLauncher(Launcher):
         self._reap()
 
     # -- finding processes by their directories -------------------------------------
-    def _adoptable(self, cluster, worker: str | None, account: Account | None) -> dict | None:
+    def _adoptable(
+        self, cluster: Cluster, worker: str | None, account: Account | None
+    ) -> dict | None:
         """A live process started for ``cluster``'s scheduler or ``worker`` but never
         recorded (the gateway died in between), to adopt instead of starting another."""
         if self._found is None:
@@ -393,7 +258,7 @@ class LocalLauncher(Launcher):
         return {**state, "log": f"worker-{worker}" if worker else "scheduler"}
 
     # -- schedulers -------------------------------------------------------------
-    async def start_scheduler(self, cluster) -> AsyncIterator[dict[str, Any]]:
+    async def start_scheduler(self, cluster: Cluster) -> AsyncIterator[dict[str, Any]]:
         account = self.account_of(cluster)
         self._prepare_cluster_directory(cluster, account)
         yield {"workdir": self.cluster_directory(cluster)}
@@ -401,10 +266,10 @@ class LocalLauncher(Launcher):
         if state is None:
             cert_path, key_path = self._tls_paths(cluster)
             cmd = scheduler_command(
-                cluster, host=self.host, heartbeat_period=self.backend.cluster_heartbeat_period
+                cluster, host=self.host, heartbeat_period=self.context.heartbeat_period
             )
             env = scheduler_env(
-                cluster, api_url=self.backend.api_url, cert_path=cert_path, key_path=key_path
+                cluster, api_url=self.context.api_url, cert_path=cert_path, key_path=key_path
             )
             program = self._program(cluster.config.scheduler_cmd, "scheduler")
             if account is not None or program != "exec":
@@ -413,17 +278,33 @@ class LocalLauncher(Launcher):
                 state = self._spawn(cluster, cmd, env, "scheduler")
         yield {"workdir": self.cluster_directory(cluster), **state}
 
-    async def stop_scheduler(self, cluster) -> None:
+    async def stop_scheduler(self, cluster: Cluster) -> None:
         if "pid" in cluster.state:
             await self._terminate([cluster.state])
+            self._exit_codes.pop(cluster.state["pid"], None)
         shutil.rmtree(self.cluster_directory(cluster), ignore_errors=True)
 
-    async def check_schedulers(self, clusters) -> list[bool]:
+    async def check_schedulers(self, clusters: Sequence[Cluster]) -> list[Check]:
         self._reap()
-        return [_process_alive(c.state) for c in clusters]
+        return [self._check_scheduler(c) for c in clusters]
+
+    def _check_scheduler(self, cluster: Cluster) -> Check:
+        state = cluster.state
+        if _process_alive(state):
+            return Check(Phase.RUNNING)
+        if "pid" not in state:
+            return Check(Phase.FAILED, "no scheduler process was recorded")
+        # The exit code is known only for processes this gateway process spawned itself.
+        code = self._exit_codes.get(state["pid"])
+        tail = self._log_tail(cluster, state.get("log", "scheduler"))
+        last = tail.splitlines()[-1] if tail else "no output"
+        exited = "exited" if code is None else f"exited with code {code}"
+        return Check(Phase.FAILED, f"the scheduler process {exited}: {last}")
 
     # -- workers ----------------------------------------------------------------
-    async def start_workers(self, cluster, workers) -> list[dict[str, Any]]:
+    async def start_workers(
+        self, cluster: Cluster, workers: Sequence[Worker], facts: ClusterFacts
+    ) -> list[dict[str, Any]]:
         account = self.account_of(cluster)
         if not os.path.isdir(self.cluster_directory(cluster)):
             # The scheduler runs elsewhere (e.g. in Kubernetes): these workers need the files.
@@ -479,6 +360,7 @@ class LocalLauncher(Launcher):
         pids = await server.spawn_many(requests)
         states = []
         for pid, log in zip(pids, logs, strict=True):
+            self._exit_codes.pop(pid, None)  # a code of an earlier process with this pid
             try:
                 proc = psutil.Process(pid)
                 create_time = proc.create_time()
@@ -489,25 +371,41 @@ class LocalLauncher(Launcher):
             states.append({"pid": pid, "create_time": create_time, "log": log})
         return states
 
-    async def stop_workers(self, workers) -> None:
+    async def stop_workers(self, workers: Sequence[Worker]) -> None:
         await self._terminate([w.state for w in workers if "pid" in w.state])
         for w in workers:
+            self._exit_codes.pop(w.state.get("pid"), None)
             remove_below(self.cluster_directory(w.cluster), "workers", w.name)
 
-    async def check_workers(self, workers) -> list[WorkerCheck]:
+    async def stop_cluster_workers(self, cluster: Cluster, workers: Sequence[Worker]) -> None:
+        """Stop the workers, and remove the cluster's directory if no scheduler of ours uses it.
+
+        Workers of a scheduler that runs elsewhere (in Kubernetes, or on another
+        local launcher with its own ``work_directory``) got the cluster's TLS files
+        in a directory of this launcher: they must not outlive the cluster.
+        """
+        await self.stop_workers(workers)
+        scheduler = self.context.scheduler_launcher
+        shared = isinstance(scheduler, LocalLauncher) and (
+            scheduler.cluster_directory(cluster) == self.cluster_directory(cluster)
+        )
+        if not shared:
+            shutil.rmtree(self.cluster_directory(cluster), ignore_errors=True)
+
+    async def check_workers(self, workers: Sequence[Worker]) -> list[Check]:
         self._reap()
         out = []
         for w in workers:
             if _process_alive(w.state):
-                out.append(WorkerCheck(WorkerPhase.RUNNING))
+                out.append(Check(Phase.RUNNING))
                 continue
             tail = self._log_tail(w.cluster, w.state.get("log", ""))
             last = tail.splitlines()[-1] if tail else "no output"
-            out.append(WorkerCheck(WorkerPhase.FAILED, f"worker process exited: {last}"))
+            out.append(Check(Phase.FAILED, f"worker process exited: {last}"))
         return out
 
-    async def remove_unknown(self, known_clusters: set[str], known_workers: set[str]) -> int:
-        """Stop processes of clusters or workers the database no longer knows.
+    async def remove_unknown(self, known: KnownRecords) -> int:
+        """Stop processes of clusters or workers without a record in ``known``.
 
         Processes of known workers that were started but never recorded stay, to be
         adopted when the backend starts those workers again.
@@ -518,16 +416,20 @@ class LocalLauncher(Launcher):
         stray = [
             s
             for c, w, leader, s in found
-            if c not in known_clusters or (leader and w is not None and w not in known_workers)
+            if c not in known.clusters or (leader and w is not None and w not in known.workers)
         ]
         if self._found is None:
             self._found = {
                 (c, w): s
                 for c, w, leader, s in found
-                if leader and c in known_clusters and (w is None or w in known_workers)
+                if leader and c in known.clusters and (w is None or w in known.workers)
             }
         if stray:
-            self.log.warning("Stopping %d processes of clusters/workers with no record", len(stray))
+            self.log.warning(
+                "Stopping %d processes of clusters/workers with no record (%s)",
+                len(stray),
+                self.context.name or self.kind,
+            )
             await self._terminate(stray)
         return len(stray)
 

@@ -4,7 +4,7 @@ With ``LocalLauncher.run_as = "user"`` the root gateway works inside directories
 that belong to its users. A user's code can plant a link or a hard link there at
 any moment, so nothing below a cluster's directory is opened by path: each step
 is opened relative to a descriptor of the one before, never following a link,
-and a file the gateway writes is always created new.
+and a file the gateway writes is always created new (``staging.write_private_file``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from ..pools import ConfigError
+from ..config import ConfigError
 from .base import LOG_TAIL_BYTES
 
 # Portable OS account names: no '/', no '..', no whitespace or control characters.
@@ -115,18 +115,6 @@ def private_subdir(dir_fd: int, name: str, uid: int, gid: int) -> int:
     os.fchown(fd, uid, gid)
     os.fchmod(fd, 0o700)
     return fd
-
-
-def write_private(dir_fd: int, name: str, data: bytes, uid: int, gid: int) -> None:
-    """Write a new file (mode 0600, owned by uid) in place of whatever ``name`` was."""
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
-    with os.fdopen(fd, "wb") as f:
-        os.fchown(fd, uid, gid)
-        f.write(data)
 
 
 def remove_below(directory: str, *names: str) -> None:

@@ -5,8 +5,8 @@
 - ``TestNamespace``: a fresh namespace with deploy/rbac.yaml applied in it (optionally minus one
   verb) and a kubeconfig holding a token of the ServiceAccount it ships, so the gateway runs with
   exactly that RBAC;
-- ``ProcessKubelet``: ``kubelet.py`` as a child process with its own Node, stopped with
-  everything it started;
+- ``ProcessKubelet``: the process kubelet (``tests/fakes/kubernetes``) as a child process with
+  its own Node, stopped with everything it started;
 - ``CuttableProxy``: a TCP forwarder in front of the API server whose connections a test can cut
   (and refuse for a while).
 """
@@ -224,7 +224,7 @@ class TestNamespace:
 
 
 class ProcessKubelet:
-    """tests/k8s/kubelet.py as a child process serving one namespace with its own Node."""
+    """The process kubelet (tests/fakes/kubernetes) as a child process: one namespace, one Node."""
 
     def __init__(
         self,
@@ -255,7 +255,7 @@ class ProcessKubelet:
         sched_cfg = cp.kubeconfig_for("system:kube-scheduler")
         cmd = [
             sys.executable,
-            str(HERE / "kubelet.py"),
+            str(REPO / "tests" / "fakes" / "kubernetes"),
             "--node",
             self.node,
             "--node-kubeconfig",

@@ -20,7 +20,7 @@ import aiohttp
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client import Configuration, CoreV1Api
 
-from ...pools import ConfigError
+from ...config import ConfigError
 from ..base import LauncherUnavailable
 from .status import shorten
 
@@ -225,7 +225,7 @@ async def load_kube_config(
     except Exception as exc:
         raise ConfigError(
             f"KubernetesLauncher cannot load its Kubernetes configuration "
-            f"({where}): {exc}; set KubernetesLauncher.kubeconfig (and context) "
+            f"({where}): {exc}; set KubernetesLauncher.kubeconfig (and kubeconfig_context) "
             "to a working kubeconfig"
         ) from exc
     return namespace or "default"

@@ -5,6 +5,10 @@ from the pod cache (``watch.PodCache``, never an API call per cluster), and
 the periodic deletion of pods without an active record. The settings are in
 ``settings``, the objects in ``manifests``, API calls and their retries in
 ``client``, the reading of pod status in ``status``.
+
+Each pool that overrides settings has its own instance (its own API client,
+watch and reconciliation); all of them delete only pods without a record of
+the whole gateway, so they never delete each other's.
 """
 
 from __future__ import annotations
@@ -15,11 +19,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dask_gateway_server.backends.db_base import JobStatus
+from dask_gateway_server.utils import TaskPool
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 
-from ...pools import ConfigError
-from ..base import Launcher, LauncherUnavailable, WorkerCheck, WorkerPhase
+from ...config import ConfigError
+from ...periodic import run_periodically
+from ..base import (
+    Check,
+    ClusterFacts,
+    KnownRecords,
+    Launcher,
+    LauncherContext,
+    LauncherUnavailable,
+    Phase,
+)
 from .client import KubernetesAPIError, load_kube_config, open_pod_watch, request_json
 from .manifests import (
     CLUSTER_LABEL,
@@ -38,13 +51,11 @@ from .manifests import (
     worker_pod_name,
 )
 from .settings import KubernetesSettings
-from .status import check_pod, pod_alive, unschedulable_reason
+from .status import check_pod, check_scheduler_pod, unschedulable_reason
 from .watch import PodCache
 
 if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster, Worker
-
-    from ...backend import ElasticBackend
 
 
 class KubernetesLauncher(KubernetesSettings, Launcher):
@@ -59,54 +70,21 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
 
     kind = "kubernetes"
 
-    # -- what the launcher reads from the gateway backend ------------------------------------
-    @property
-    def _scheduler_launcher(self) -> Launcher:
-        """The launcher running schedulers: worker pods need it to be this one."""
-        return getattr(self.backend, "scheduler_launcher_instance", self)
-
-    @property
-    def _heartbeat_period(self) -> float:
-        """How often schedulers heartbeat to the gateway."""
-        return self.backend.cluster_heartbeat_period
-
-    @property
-    def _api_url(self) -> str:
-        """Where schedulers heartbeat: the gateway's API as pods reach it."""
-        return self.backend.api_url
-
-    def _emit_event(self, cluster_name: str, message: str, level: str) -> None:
-        """Tell the cluster's owner (``details()``, the widget), where the backend keeps events."""
-        events = getattr(self.backend, "events", None)
-        if events is not None:
-            events.add(cluster_name, message, level)
-
-    def _active_records(self) -> tuple[set[str], set[str]]:
-        """Clusters and workers not stopped yet: the backend may still be stopping them."""
-        clusters = [
-            c for c in self.backend.db.name_to_cluster.values() if c.status < JobStatus.STOPPED
-        ]
-        return (
-            {c.name for c in clusters},
-            {w.name for c in clusters for w in c.workers.values() if w.status < JobStatus.STOPPED},
-        )
+    _configuration: Configuration | None = None  # from the kubeconfig, once loaded
 
     # -- lifecycle ------------------------------------------------------------------------------
-    async def setup(self, backend: ElasticBackend) -> None:
-        await super().setup(backend)
-        if self._scheduler_launcher is not self:
+    async def setup(self, context: LauncherContext) -> None:
+        await super().setup(context)
+        scheduler = context.scheduler_launcher
+        if not isinstance(scheduler, KubernetesLauncher):
             raise ConfigError(
                 "a Kubernetes worker pool needs the scheduler in Kubernetes too: set "
                 'c.ElasticBackend.scheduler_launcher = "kubernetes" (worker pods mount the '
                 "Secret created with the scheduler pod and are owned by it)"
             )
-        configuration = Configuration()
-        self.namespace = await load_kube_config(
-            configuration,
-            kubeconfig=self.kubeconfig,
-            context=self.context,
-            namespace=self.namespace,
-        )
+        configuration = await self._load_kube_config()
+        if scheduler is not self:
+            await self._check_same_place_as(scheduler)
         self.api_client = ApiClient(configuration)
         self.core = CoreV1Api(self.api_client)
         self._selector = gateway_selector(self.gateway_id)
@@ -120,21 +98,50 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
             backoff_max=self.watch_backoff_max,
             on_sync=self._reconcile,
         )
-        self._tasks = [
-            asyncio.ensure_future(self.cache.run()),
-            asyncio.ensure_future(self._reconcile_loop()),
-        ]
+        # The watch is a stream with its own resume and back-off, not a periodic step.
+        self._tasks = TaskPool()
+        self._tasks.spawn(self.cache.run())
+        what = f"Reconciling pods ({context.name or self.kind}) with the database"
+        run_periodically(self._tasks, self._reconcile, self.reconcile_period, self.log, what)
         self.log.info(
-            "Kubernetes launcher: namespace %s, server %s, instance label %s",
+            "Kubernetes launcher %s: namespace %s, server %s, instance label %s",
+            context.name or self.kind,
             self.namespace,
             configuration.host,
             self.gateway_id,
         )
 
+    async def _load_kube_config(self) -> Configuration:
+        """The API server's configuration, loaded once; resolves ``namespace`` too."""
+        if self._configuration is None:
+            configuration = Configuration()
+            self.namespace = await load_kube_config(
+                configuration,
+                kubeconfig=self.kubeconfig,
+                context=self.kubeconfig_context,
+                namespace=self.namespace,
+            )
+            self._configuration = configuration
+        return self._configuration
+
+    async def _check_same_place_as(self, scheduler: KubernetesLauncher) -> None:
+        """Refuse a pool whose pods could not be owned by the scheduler pods (same namespace)."""
+        ours = (await self._load_kube_config()).host, self.namespace
+        theirs = (await scheduler._load_kube_config()).host, scheduler.namespace
+        if ours != theirs:
+            pool = self.context.name
+            raise ConfigError(
+                f"ElasticBackend.worker_pools[{pool!r}] runs worker pods in namespace "
+                f"{ours[1]!r} of {ours[0]}, but schedulers run in {theirs[1]!r} of "
+                f"{theirs[0]}: worker pods are owned by their scheduler pod, which Kubernetes "
+                f"allows only within one namespace. Set ElasticBackend.worker_pools[{pool!r}]"
+                f"['namespace'] = {theirs[1]!r} (and the same kubeconfig), or leave it out"
+            )
+
     async def cleanup(self) -> None:
-        for task in getattr(self, "_tasks", []):
-            task.cancel()
-        await asyncio.gather(*getattr(self, "_tasks", []), return_exceptions=True)
+        tasks = getattr(self, "_tasks", None)
+        if tasks is not None:
+            await tasks.close()
         api = getattr(self, "api_client", None)
         if api is not None:
             await api.close()
@@ -240,7 +247,10 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
         yield dict(state)  # recorded before the create: a crash now leaves a findable pod
         settings = self._manifest_settings()
         manifest = scheduler_pod(
-            settings, cluster, api_url=self._api_url, heartbeat_period=self._heartbeat_period
+            settings,
+            cluster,
+            api_url=self.context.api_url,
+            heartbeat_period=self.context.heartbeat_period,
         )
         pod = await self._create_pod(manifest)
         meta = pod.get("metadata") or {}
@@ -276,28 +286,35 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
             ]
         )
 
-    async def check_schedulers(self, clusters: Sequence[Cluster]) -> list[bool]:
+    async def check_schedulers(self, clusters: Sequence[Cluster]) -> list[Check]:
         """From the pod cache: alive unless the pod ended, or vanished after the cache saw it."""
         out = []
         for cluster in clusters:
             name = cluster.state.get("pod")
             pod = self.cache.pods.get(name) if name else None
             if pod is None:
-                gone = bool(name) and self.cache.has_seen(
-                    cluster.state.get("created_rv"), cluster.state.get("created", 0)
-                )
-                out.append(not gone)
+                out.append(self._check_missing_pod(name, cluster.state))
                 continue
-            out.append(pod_alive(pod))
+            out.append(check_scheduler_pod(pod))
             why = unschedulable_reason(pod)
             if why and cluster.name not in self._reported_unschedulable:
                 self._reported_unschedulable.add(cluster.name)
-                self._emit_event(cluster.name, f"scheduler pod {name} is {why}", "warning")
+                self.context.add_event(cluster.name, f"scheduler pod {name} is {why}", "warning")
         return out
+
+    def _check_missing_pod(self, name: str | None, state: dict[str, Any]) -> Check:
+        """A pod not in the cache: deleted if the cache is past its creation, else pending."""
+        if not name:
+            return Check(Phase.PENDING, "the pod is not created yet")
+        if self.cache.has_seen(state.get("created_rv"), state.get("created", 0)):
+            return Check(Phase.FAILED, f"pod {name} was deleted")
+        if self.cache.error:
+            return Check(Phase.PENDING, f"Kubernetes API unreachable ({self.cache.error})")
+        return Check(Phase.PENDING, "waiting for the pod watch")
 
     # -- workers --------------------------------------------------------------------------
     async def start_workers(
-        self, cluster: Cluster, workers: Sequence[Worker]
+        self, cluster: Cluster, workers: Sequence[Worker], facts: ClusterFacts
     ) -> list[dict[str, Any]]:
         """Create every pod of the batch concurrently; undo the batch if any create failed."""
         if "uid" not in cluster.state:
@@ -356,27 +373,19 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
             label_selector=cluster_workers_selector(self.gateway_id, cluster.name),
         )
 
-    async def check_workers(self, workers: Sequence[Worker]) -> list[WorkerCheck]:
+    async def check_workers(self, workers: Sequence[Worker]) -> list[Check]:
         """Answered from the pod cache: no API call per check."""
         out = []
         for w in workers:
             name = w.state.get("pod")
             pod = self.cache.pods.get(name) if name else None
-            if pod is not None:
-                out.append(check_pod(pod))
-            elif not name:
-                out.append(WorkerCheck(WorkerPhase.PENDING, "the pod is not created yet"))
-            elif self.cache.has_seen(w.state.get("created_rv"), w.state.get("created", 0)):
-                out.append(WorkerCheck(WorkerPhase.FAILED, f"pod {name} was deleted"))
-            elif self.cache.error:
-                why = f"Kubernetes API unreachable ({self.cache.error})"
-                out.append(WorkerCheck(WorkerPhase.PENDING, why))
-            else:
-                out.append(WorkerCheck(WorkerPhase.PENDING, "waiting for the pod watch"))
+            out.append(
+                check_pod(pod) if pod is not None else self._check_missing_pod(name, w.state)
+            )
         return out
 
     # -- reconciliation ----------------------------------------------------------------------------
-    async def remove_unknown(self, known_clusters: set[str], known_workers: set[str]) -> int:
+    async def remove_unknown(self, known: KnownRecords) -> int:
         """After a restart: delete pods of this gateway whose cluster or worker has no record."""
         try:
             await asyncio.wait_for(self.cache.synced.wait(), self.startup_sync_timeout)
@@ -389,9 +398,9 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
             self._reconcile_enabled = True
             return 0
         self._reconcile_enabled = True
-        return await self._remove_strays(known_clusters, known_workers)
+        return await self._remove_strays(known)
 
-    async def _remove_strays(self, known_clusters: set[str], known_workers: set[str]) -> int:
+    async def _remove_strays(self, known: KnownRecords) -> int:
         stray = []
         for name, pod in list(self.cache.pods.items()):
             meta = pod.get("metadata") or {}
@@ -399,13 +408,18 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
             if meta.get("deletionTimestamp") or name in self._deleting:
                 continue
             component = labels.get(COMPONENT_LABEL)
-            if labels.get(CLUSTER_LABEL) not in known_clusters or (
-                component == WORKER and labels.get(WORKER_LABEL) not in known_workers
+            if labels.get(CLUSTER_LABEL) not in known.clusters or (
+                component == WORKER and labels.get(WORKER_LABEL) not in known.workers
             ):
                 stray.append(name)
         if not stray:
             return 0
-        self.log.warning("Deleting %d pods with no active record: %s", len(stray), stray)
+        self.log.warning(
+            "Deleting %d pods with no active record (%s): %s",
+            len(stray),
+            self.context.name or self.kind,
+            stray,
+        )
         self._deleting.update(stray)
         try:
             results = await asyncio.gather(
@@ -419,15 +433,6 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
         return sum(1 for r in results if not isinstance(r, BaseException))
 
     async def _reconcile(self) -> None:
+        """Delete pods without a record, once ``remove_unknown`` ran; reads the cache only."""
         if self._reconcile_enabled and self.cache.connected:
-            await self._remove_strays(*self._active_records())
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.reconcile_period)
-            try:
-                await self._reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.log.warning("Reconciling pods with the database failed", exc_info=True)
+            await self._remove_strays(self.context.known_records())

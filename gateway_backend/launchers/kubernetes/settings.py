@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 from traitlets import (
     Bool,
@@ -22,7 +23,7 @@ from traitlets import (
     Unicode,
     validate,
 )
-from traitlets.config import Configurable
+from traitlets.config import Config, Configurable
 
 from .manifests import ManifestSettings
 
@@ -43,9 +44,31 @@ class KubernetesSettings(Configurable):
         config=True,
     )
 
-    context = Unicode(
-        "", help="kubeconfig context to use. Empty: its current context.", config=True
+    kubeconfig_context = Unicode(
+        "",
+        help="""
+        kubeconfig context to use. Empty: its current context. (Formerly
+        ``KubernetesLauncher.context``, which is still read.)
+        """,
+        config=True,
     )
+
+    def _load_config(self, cfg: Config, section_names: Any = None, traits: Any = None) -> None:
+        """Read ``kubeconfig_context`` under its former name too.
+
+        It was ``context`` until launchers got a ``LauncherContext`` under that
+        name; dropping an old setting would connect to another cluster, silently.
+        """
+        sections = [s for s in section_names or self.section_names() if "context" in cfg.get(s, {})]
+        if sections:
+            cfg = cfg.copy()
+            for section in sections:
+                cfg[section] = cfg[section].copy()
+                cfg[section].setdefault("kubeconfig_context", cfg[section].pop("context"))
+                self.log.warning(
+                    "%s.context is deprecated: use %s.kubeconfig_context", section, section
+                )
+        super()._load_config(cfg, section_names, traits)
 
     namespace = Unicode(
         "",

@@ -2,7 +2,7 @@
 
 Pure functions of the pod dict as the API (and so the watch cache) returns it:
 the phase, the ``PodScheduled`` and ``Ready`` conditions and the containers'
-waiting or terminated states become a ``WorkerCheck`` and its reason.
+waiting or terminated states become a ``Check`` and its reason.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import WorkerCheck, WorkerPhase
+from ..base import Check, Phase
 
 # Waiting reasons that never resolve by themselves: the worker failed.
 PERMANENT_WAITING = frozenset(
@@ -65,39 +65,37 @@ def termination_reason(pod: Mapping[str, Any]) -> str:
     return shorten(f"pod {status.get('phase', 'ended').lower()}: " + ("; ".join(parts) or "?"))
 
 
-def check_pod(pod: Mapping[str, Any]) -> WorkerCheck:
+def check_pod(pod: Mapping[str, Any]) -> Check:
     """What a worker pod's status means for the gateway."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     phase = status.get("phase") or "Pending"
     if phase in ("Succeeded", "Failed"):
-        return WorkerCheck(WorkerPhase.FAILED, termination_reason(pod))
+        return Check(Phase.FAILED, termination_reason(pod))
     if meta.get("deletionTimestamp"):
-        return WorkerCheck(WorkerPhase.FAILED, "the pod is being deleted")
+        return Check(Phase.FAILED, "the pod is being deleted")
     waiting = []
     for cs in status.get("containerStatuses") or []:
         w = (cs.get("state") or {}).get("waiting")
         if w:
             if w.get("reason") in PERMANENT_WAITING:
                 why = f"container {cs.get('name')}: {w.get('reason')}: {w.get('message', '')}"
-                return WorkerCheck(WorkerPhase.FAILED, shorten(why))
+                return Check(Phase.FAILED, shorten(why))
             waiting.append(f"{w.get('reason', 'waiting')}: {w.get('message', '')}".rstrip(": "))
     if phase == "Running":
         ready = _condition(pod, "Ready")
         if ready and ready.get("status") == "True":
-            return WorkerCheck(WorkerPhase.RUNNING)
-        return WorkerCheck(
-            WorkerPhase.PENDING, shorten("running, not ready yet " + "; ".join(waiting))
-        )
+            return Check(Phase.RUNNING)
+        return Check(Phase.PENDING, shorten("running, not ready yet " + "; ".join(waiting)))
     if phase == "Unknown":
-        return WorkerCheck(WorkerPhase.PENDING, "pod status unknown (its node is unreachable)")
+        return Check(Phase.PENDING, "pod status unknown (its node is unreachable)")
     unschedulable = unschedulable_reason(pod)
     if unschedulable:
-        return WorkerCheck(WorkerPhase.PENDING, unschedulable)
+        return Check(Phase.PENDING, unschedulable)
     node = (pod.get("spec") or {}).get("nodeName")
     if not node:
-        return WorkerCheck(WorkerPhase.PENDING, "waiting for the Kubernetes scheduler")
-    return WorkerCheck(
-        WorkerPhase.PENDING,
+        return Check(Phase.PENDING, "waiting for the Kubernetes scheduler")
+    return Check(
+        Phase.PENDING,
         shorten(f"starting on node {node}" + (f" ({'; '.join(waiting)})" if waiting else "")),
     )
 
@@ -107,3 +105,15 @@ def pod_alive(pod: Mapping[str, Any]) -> bool:
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
         return False
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def check_scheduler_pod(pod: Mapping[str, Any]) -> Check:
+    """What a scheduler pod's status means: like a worker's, but failed only once it ended.
+
+    A container that cannot start (a bad image, say) leaves the pod pending, with
+    that reason: the cluster's start timeout, not the check, gives up on it.
+    """
+    check = check_pod(pod)
+    if pod_alive(pod) and not check.alive:
+        return Check(Phase.PENDING, check.reason)
+    return check

@@ -1,0 +1,185 @@
+"""The admin's settings of ``ElasticBackend`` (``c.ElasticBackend.<name>``).
+
+Kept apart from the backend's logic so that the class wiring upstream's hooks
+reads as the hooks; the ``help=`` texts are the admin's documentation
+(``docs/configuration.md`` is generated from them).
+"""
+
+from __future__ import annotations
+
+import os
+
+from dask_gateway_server.backends.base import ClusterConfig
+from dask_gateway_server.traitlets import Type
+from traitlets import Dict, Float, Integer, List, TraitError, Unicode, Union, default, validate
+from traitlets.config import Configurable
+
+from .config import ConfigError
+from .launchers.loading import scheduler_spec
+from .pools import parse_pool_specs
+from .quotas import parse_vos
+
+
+class ElasticSettings(Configurable):
+    """Settings of ``ElasticBackend``; configure them as ``c.ElasticBackend.<name>``."""
+
+    cluster_config_class = Type(
+        "gateway_backend.cluster_config.ElasticClusterConfig",
+        klass=ClusterConfig,
+        help="The cluster config class to use.",
+        config=True,
+    )
+
+    scheduler_launcher = Union(
+        [Unicode(), Dict()],
+        default_value="local",
+        help="""
+        Where schedulers run: a launcher name (``local``, ``kubernetes``) or the
+        import path of a ``gateway_backend.launchers.Launcher`` subclass; or a
+        dict with ``launcher`` and settings of that launcher class that the
+        scheduler launcher overrides, e.g. ``{"launcher": "kubernetes",
+        "namespace": "dask"}``.
+        """,
+        config=True,
+    )
+
+    worker_pools = Dict(
+        {"local": {"launcher": "local"}},
+        help="""
+        Named worker pools, in placement order. Each value is a dict with:
+
+        - ``launcher``: ``local``, ``htcondor``, ``kubernetes`` or an import path
+          (default ``local``);
+        - ``max_workers``: cap on workers in this pool over all clusters
+          (default: no cap);
+        - ``vos``: VOs allowed to use the pool (default: everyone);
+        - ``burst_after``: seconds a worker may stay pending here before it
+          moves to the next pool of its cluster (default: never);
+        - any setting of the launcher class, overridden for this pool only
+          (``{"gpu": {"launcher": "htcondor", "extra_submit": {"requirements":
+          "CUDACapability >= 8"}}}``): each pool that overrides settings runs its
+          own launcher instance; pools that override nothing share one.
+
+        New workers fill the pools in order, each up to its cap.
+        """,
+        config=True,
+    )
+
+    vos = Dict(
+        {},
+        help="""
+        Virtual organisations and their quotas. Keys are VO names; each value
+        is a dict with any of:
+
+        - ``groups``: authenticator groups whose members belong to the VO;
+        - ``max_cores``, ``max_memory`` (bytes or a string like ``"8 TiB"``),
+          ``max_gpus``: totals over all clusters of the VO, schedulers and
+          workers included;
+        - ``max_clusters_per_user``, ``max_workers_per_cluster``;
+        - ``accounting_group``: the HTCondor accounting group of its jobs.
+
+        An omitted limit is unlimited. With no VOs configured, quotas are off.
+        """,
+        config=True,
+    )
+
+    @validate("worker_pools", "vos", "scheduler_launcher")
+    def _validate_structured(self, proposal):
+        parse = {
+            "worker_pools": parse_pool_specs,
+            "vos": parse_vos,
+            "scheduler_launcher": scheduler_spec,
+        }[proposal.trait.name]
+        try:
+            parse(proposal.value)
+        except ConfigError as exc:
+            raise TraitError(str(exc)) from None
+        return proposal.value
+
+    users_without_vo = Unicode(
+        "refuse",
+        help="""
+        What happens to users whose groups match no VO: ``"refuse"`` (their
+        cluster requests are refused with an explanation) or the name of a VO
+        in ``vos`` to count them against.
+        """,
+        config=True,
+    )
+
+    default_worker_pools = Dict(
+        {},
+        help="""
+        Pools a cluster uses when its owner does not choose with the cluster
+        option ``worker_pools``, per VO: ``{"cms": ["pods", "condor"], "*":
+        ["condor"]}`` (``"*"``: everyone else). In the listed order. Default:
+        every pool the VO may use, in ``worker_pools`` order.
+        """,
+        config=True,
+    )
+
+    scale_down_order = List(
+        Unicode(),
+        [],
+        help="""
+        Pools whose running workers leave first when a user scales a cluster
+        down (after its pending workers), e.g. ``["condor", "pods"]``. Pools not
+        listed follow in reverse placement order; default: reverse placement
+        order, so the pools a cluster spilled into are released first.
+        Adaptive scale-down is left to the scheduler's own choice.
+        """,
+        config=True,
+    )
+
+    retire_timeout = Float(
+        60.0,
+        help="Seconds the scheduler may take to retire workers (moving their data).",
+        config=True,
+    )
+
+    max_worker_cores = Integer(
+        4,
+        min=1,
+        help="Largest ``worker_cores`` a user may request with the default cluster options.",
+        config=True,
+    )
+
+    max_worker_memory = Float(
+        16.0,
+        min=0.25,
+        help="Largest ``worker_memory`` (GiB) a user may request with the default options.",
+        config=True,
+    )
+
+    stop_batch_window = Float(
+        0.05,
+        min=0,
+        help="""
+        Seconds to collect worker stop requests before sending them to a launcher
+        as one call (one ``condor_rm`` constraint, one round of pod deletions).
+        """,
+        config=True,
+    )
+
+    metrics_api_token = Unicode(
+        "",
+        help="""
+        Bearer token that Prometheus presents to scrape ``/api/elastic/v1/metrics``
+        (``authorization: {credentials: ...}`` in the scrape config). Without it,
+        only users the authenticator marks as admins may read the metrics, which
+        name every VO with its limits and usage. Keep it out of world-readable
+        files; the environment variable ``ELASTIC_GATEWAY_METRICS_TOKEN`` is read
+        when this is not set.
+        """,
+        config=True,
+    )
+
+    @default("metrics_api_token")
+    def _default_metrics_api_token(self) -> str:
+        return os.environ.get("ELASTIC_GATEWAY_METRICS_TOKEN", "")
+
+    launcher_retry_delay = Float(
+        5.0,
+        min=0.1,
+        help="Seconds before retrying to start workers in a pool whose service was unreachable.",
+        config=True,
+    )

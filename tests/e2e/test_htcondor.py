@@ -1,0 +1,257 @@
+"""HTCondor worker jobs end to end: real gateway and proxy, jobs on the schedd stand-in.
+
+Against a real pool: set ``ELASTIC_GATEWAY_TEST_SCHEDD`` to ``local`` (the local schedd)
+or ``NAME@COLLECTOR``, and ``ELASTIC_GATEWAY_TEST_SCHEDULER_ADDRESS`` to the proxy's TLS
+address as execute nodes see it; tests that inject faults into the schedd are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ..conftest import wait_for, workers_of
+
+pytestmark = pytest.mark.e2e
+
+REAL_SCHEDD = os.environ.get("ELASTIC_GATEWAY_TEST_SCHEDD", "")
+REPO = Path(__file__).resolve().parents[2]
+needs_standin = pytest.mark.skipif(bool(REAL_SCHEDD), reason="injects faults into the schedd")
+
+
+def htcondor_config(socket_path: str | None, staging: Path, gateway_id: str, extra: str) -> str:
+    bindir = os.path.dirname(sys.executable)
+    lines = [
+        f"import sys; sys.path.insert(0, {str(REPO)!r})",
+        'c.ElasticBackend.worker_pools = {"condor": {"launcher": "htcondor"}}',
+        "c.ElasticBackend.worker_start_timeout = 120",
+        "c.ElasticBackend.launcher_retry_delay = 2",
+        "c.HTCondorLauncher.status_period = 1",
+        f"c.HTCondorLauncher.gateway_id = {gateway_id!r}",
+        f"c.HTCondorLauncher.staging_directory = {str(staging)!r}",
+        f'c.HTCondorLauncher.environment = {{"PATH": {bindir + ":/usr/bin:/bin"!r}}}',
+        "c.HTCondorLauncher.schedd_timeout = 5",
+    ]
+    if socket_path is not None:
+        lines += [
+            "from tests.fakes.schedd.client import StandinSchedd",
+            f"c.HTCondorLauncher.schedd_factory = lambda: StandinSchedd({socket_path!r})",
+            'c.HTCondorLauncher.worker_host = "127.0.0.1"',
+        ]
+    elif REAL_SCHEDD != "local":
+        name, _, collector = REAL_SCHEDD.partition("@")
+        lines += [f"c.HTCondorLauncher.schedd_name = {name!r}"]
+        lines += [f"c.HTCondorLauncher.collector = {collector!r}"]
+    if os.environ.get("ELASTIC_GATEWAY_TEST_SCHEDULER_ADDRESS"):
+        address = os.environ["ELASTIC_GATEWAY_TEST_SCHEDULER_ADDRESS"]
+        lines.append(f"c.HTCondorLauncher.scheduler_address = {address!r}")
+    return "\n".join(lines) + "\n" + extra
+
+
+class Pool:
+    """A gateway whose workers are HTCondor jobs, plus a view of the schedd's queue."""
+
+    def __init__(self, gateways, tmp_path: Path, slots: int, extra: str) -> None:
+        self.gateway_id = f"test-{uuid.uuid4().hex[:8]}"
+        self.standin = None
+        socket_path = None
+        if not REAL_SCHEDD:
+            from tests.fakes.schedd import start_standin
+
+            self.standin = start_standin(tmp_path, slots=slots, tick=0.5)
+            factory, self.control = self.standin.__enter__()
+            socket_path = str(factory().socket_path)
+            self.schedd = factory()
+        else:
+            import htcondor2
+
+            self.control = None
+            self.schedd = htcondor2.Schedd()
+        config = htcondor_config(socket_path, tmp_path / "staging", self.gateway_id, extra)
+        self.gateway = gateways.start(config)
+        self.gw = gateways.client(self.gateway)
+
+    def jobs(self, constraint: str = "true") -> list:
+        return self.schedd.query(
+            f'DaskGatewayInstance == "{self.gateway_id}" && ({constraint})',
+            ["ClusterId", "ProcId", "JobStatus", "DaskGatewayWorker", "DaskGatewayCluster"],
+        )
+
+    def close(self) -> None:
+        self.gw.close()
+        if self.standin is not None:
+            self.standin.__exit__(None, None, None)
+
+
+@pytest.fixture
+def make_pool(gateways, tmp_path):
+    pools = []
+
+    def make(slots: int = 8, extra: str = "") -> Pool:
+        pool = Pool(gateways, tmp_path / f"pool{len(pools)}", slots, extra)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        gateways.teardown()
+        pool.close()
+
+
+def test_htcondor_workers_join_through_the_proxy_with_sni_and_compute(make_pool):
+    pool = make_pool()
+    cluster = pool.gw.new_cluster()
+    if pool.control:
+        pool.control.reset_counters()
+    cluster.scale(3)
+    wait_for(lambda: workers_of(cluster) == 3, what="3 HTCondor workers")
+    client = cluster.get_client()
+    assert sum(client.gather(client.map(lambda x: x + 1, range(30)))) == sum(range(1, 31))
+    jobs = pool.jobs(f'DaskGatewayCluster == "{cluster.name}"')
+    assert len(jobs) == 3 and {j["JobStatus"] for j in jobs} == {2}
+    assert {j["DaskGatewayWorker"] for j in jobs} == {
+        w["name"] for w in cluster.scheduler_info["workers"].values()
+    }
+    if pool.control:
+        assert pool.control.counters()["submit_procs"] == [3]  # one transaction
+    client.close()
+    cluster.shutdown()
+
+
+def test_scale_down_removes_idle_jobs_first(make_pool):
+    pool = make_pool(slots=2)
+    cluster = pool.gw.new_cluster()
+    cluster.scale(4)
+    wait_for(lambda: workers_of(cluster) == 2, what="2 running workers")
+    wait_for(lambda: len(pool.jobs("JobStatus == 1")) == 2, what="2 idle jobs")
+    running = {j["DaskGatewayWorker"] for j in pool.jobs("JobStatus == 2")}
+
+    cluster.scale(2)
+    wait_for(lambda: len(pool.jobs()) == 2, what="the idle jobs to be removed")
+    assert {j["DaskGatewayWorker"] for j in pool.jobs()} == running
+    assert workers_of(cluster) == 2
+    cluster.shutdown()
+
+
+def test_cluster_stop_leaves_no_job(make_pool):
+    pool = make_pool(slots=2)
+    cluster = pool.gw.new_cluster()
+    cluster.scale(3)  # 2 running, 1 idle
+    wait_for(lambda: len(pool.jobs()) == 3, what="3 jobs")
+    cluster.shutdown()
+    wait_for(lambda: pool.jobs() == [], what="every job removed")
+
+
+def test_cluster_key_and_token_appear_in_no_job_ad(make_pool):
+    pool = make_pool()
+    cluster = pool.gw.new_cluster()
+    cluster.scale(2)
+    wait_for(lambda: workers_of(cluster) == 2, what="2 workers")
+    key = cluster.security.tls_key.strip()
+    key_body = "".join(key.splitlines()[1:-1])[:64]
+    ads = (
+        pool.control.jobs()
+        if pool.control
+        else pool.schedd.query(f'DaskGatewayInstance == "{pool.gateway_id}"')
+    )
+    assert ads
+    token_file = pool.gateway.state_dir / "gateway.sqlite"
+    assert token_file.exists()
+    for ad in ads:
+        text = str(ad)
+        assert key_body not in text and "PRIVATE KEY" not in text
+        assert "DASK_GATEWAY_API_TOKEN" not in text
+        assert "dask.pem" in text  # the key travels as a file, named, never inlined
+    cluster.shutdown()
+
+
+def test_a_held_job_fails_its_worker_with_the_hold_reason(make_pool):
+    pool = make_pool(
+        extra='c.HTCondorLauncher.worker_executable = "/nonexistent/env"\n'
+        "c.ElasticBackend.worker_start_failure_limit = 2\n"
+    )
+    cluster = pool.gw.new_cluster()
+    cluster.scale(1)
+
+    def failed():
+        details = pool.gw.cluster_details(cluster.name)
+        return details if details["status"] == "FAILED" else None
+
+    details = wait_for(failed, timeout=90, what="the cluster to fail")
+    assert "job held:" in details["failure_reason"]
+    wait_for(lambda: pool.jobs() == [], what="held jobs removed")
+
+
+@needs_standin
+def test_a_30s_schedd_outage_is_survived(make_pool):
+    pool = make_pool()
+    cluster = pool.gw.new_cluster()
+    cluster.scale(1)
+    wait_for(lambda: workers_of(cluster) == 1, what="1 worker")
+    pool.control.set_unavailable(30)
+    outage_end = time.monotonic() + 30
+    cluster.scale(3)  # requested during the outage
+    time.sleep(5)
+    assert pool.gw.cluster_details(cluster.name)["status"] == "RUNNING"
+    remaining = outage_end - time.monotonic()
+    wait_for(lambda: workers_of(cluster) == 3, timeout=remaining + 60, what="recovery to 3")
+    client = cluster.get_client()
+    assert client.submit(lambda: 7 * 6).result() == 42
+    client.close()
+    details = pool.gw.cluster_details(cluster.name)
+    assert details["status"] == "RUNNING" and details["failure_reason"] is None
+    cluster.shutdown()
+    wait_for(lambda: pool.jobs() == [], what="no jobs after stop")
+
+
+@needs_standin
+def test_jobs_of_a_killed_gateway_are_removed_by_the_lease_and_restart_reconciles(make_pool):
+    # No free slot: the jobs stay idle, so only the lease can end them.
+    pool = make_pool(slots=0, extra="c.HTCondorLauncher.lease_duration = 8\n")
+    cluster = pool.gw.new_cluster(shutdown_on_close=False)
+    cluster.scale(2)
+    wait_for(lambda: len(pool.jobs("JobStatus == 1")) == 2, what="2 idle jobs")
+    name = cluster.name
+    cluster.close()
+    pool.gw.close()
+
+    pool.gateway.kill()
+    assert len(pool.jobs()) == 2  # the schedd keeps them while the lease holds
+    wait_for(lambda: pool.jobs() == [], timeout=30, what="the lease to remove the jobs")
+    reasons = [
+        str(ad.get("RemoveReason", ""))
+        for ad in pool.control.history()
+        if ad.get("DaskGatewayCluster") == name
+    ]
+    assert len(reasons) == 2 and all("PeriodicRemove" in r for r in reasons), reasons
+
+    # A job the restarted gateway has no record of, in its name.
+    import htcondor2
+
+    stray = {
+        "executable": "/bin/sleep",
+        "arguments": "300",
+        "transfer_executable": "false",
+        "+DaskGatewayInstance": f'"{pool.gateway_id}"',
+        "+DaskGatewayCluster": f'"{name}"',
+        "+DaskGatewayWorker": '"not-a-worker"',
+    }
+    pool.schedd.submit(htcondor2.Submit(stray))
+
+    pool.gateway.start()
+    pool.control.set_slots(4)
+    pool.gw = pool.gw.__class__(pool.gateway.address, auth=pool.gw.auth)
+    cluster = pool.gw.connect(name)
+    # Recorded workers without jobs are failed and replaced; the stray job is removed.
+    wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="2 replacement workers")
+    jobs = pool.jobs()
+    assert len(jobs) == 2 and "not-a-worker" not in {j["DaskGatewayWorker"] for j in jobs}
+    events = " ".join(e["message"] for e in pool.gw.cluster_details(name)["events"])
+    assert "was gone after a gateway restart" in events
+    cluster.shutdown()
+    wait_for(lambda: pool.jobs() == [], what="no jobs after stop")

@@ -1,0 +1,181 @@
+"""Start and stop the stand-in daemon from a test or benchmark, and find its leftovers.
+
+The daemon is a separate process because a real schedd outlives the gateway; this module is
+what makes sure that, unlike a real one, it and every job it started end with the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+from .client import StandinSchedd
+from .control import StandinControl
+
+T = TypeVar("T")
+
+#: Unix socket paths must fit in sun_path (108 bytes); pytest tmp paths can be longer.
+_MAX_SOCKET_PATH = 100
+
+
+class Standin(NamedTuple):
+    """What ``start_standin`` yields; unpacks as ``client_factory, control``."""
+
+    client_factory: Callable[..., StandinSchedd]
+    control: StandinControl
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def leftover_job_pids(workdir: str | os.PathLike[str]) -> list[int]:
+    """Pids of live processes started by the stand-in under ``workdir``.
+
+    Every job process (and any child that keeps its environment) carries
+    ``_CONDOR_SCRATCH_DIR=<workdir>/execute/...``, so this finds exactly our processes.
+    """
+    marker = f"_CONDOR_SCRATCH_DIR={Path(workdir).absolute() / 'execute'}/".encode()
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z" and any(v.startswith(marker) for v in environ.split(b"\0")):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_leftovers(workdir: Path, timeout: float = 5.0) -> None:
+    """Safety net: SIGKILL job processes the daemon could not (e.g. it was SIGKILLed)."""
+    deadline = time.monotonic() + timeout
+    while pids := leftover_job_pids(workdir):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"stand-in job processes survived SIGKILL: {pids}")
+        time.sleep(0.05)
+
+
+def _package_root() -> tuple[str, Path]:
+    """This package's dotted name and the sys.path entry it is importable from."""
+    name = __name__.rpartition(".")[0]
+    root = Path(__file__).resolve().parent
+    for _ in name.split("."):
+        root = root.parent
+    return name, root
+
+
+@contextlib.contextmanager
+def start_standin(
+    tmp_path: str | os.PathLike[str],
+    slots: int = 4,
+    start_latency: float = 0.0,
+    tick: float = 1.0,
+    kill_grace: float = 3.0,
+    completed_linger: float = 0.0,
+    client_timeout: float = 10.0,
+    ready_timeout: float = 20.0,
+    extra_args: Sequence[str] = (),
+) -> Iterator[Standin]:
+    """Run a stand-in schedd daemon for the duration of a ``with`` block.
+
+    The daemon, and every job it started, is stopped on exit even when the block raises;
+    its log is ``<tmp_path>/standin/standin.log``.  The daemon also exits by itself if this
+    process dies (``--exit-with-pid``).
+    """
+    workdir = Path(tmp_path).absolute() / "standin"
+    workdir.mkdir(parents=True, exist_ok=True)
+    socket_dir: Path | None = None
+    socket_path = workdir / "schedd.sock"
+    if len(str(socket_path)) > _MAX_SOCKET_PATH:
+        socket_dir = Path(tempfile.mkdtemp(prefix="standin-", dir="/tmp"))
+        socket_path = socket_dir / "schedd.sock"
+    package, root = _package_root()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    cmd = [
+        sys.executable,
+        "-m",
+        f"{package}.daemon",
+        "--socket",
+        str(socket_path),
+        "--workdir",
+        str(workdir),
+        "--slots",
+        str(slots),
+        "--start-latency",
+        str(start_latency),
+        "--tick",
+        str(tick),
+        "--kill-grace",
+        str(kill_grace),
+        "--completed-linger",
+        str(completed_linger),
+        "--exit-with-pid",
+        str(os.getpid()),
+        *extra_args,
+    ]
+    log_path = workdir / "standin.log"
+    with open(log_path, "ab") as log_file:
+        daemon = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    control = StandinControl(socket_path, workdir=workdir)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if daemon.poll() is not None:
+                raise RuntimeError(
+                    f"stand-in schedd exited with {daemon.returncode}:\n{log_path.read_text()}"
+                )
+            with contextlib.suppress(RuntimeError):
+                control.ping()
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stand-in schedd did not answer:\n{log_path.read_text()}")
+            time.sleep(0.05)
+
+        def client_factory(timeout: float | None = None) -> StandinSchedd:
+            """A new client; ``timeout`` defaults to ``client_timeout``."""
+            return StandinSchedd(socket_path, client_timeout if timeout is None else timeout)
+
+        yield Standin(client_factory, control)
+    finally:
+        if daemon.poll() is None:
+            with contextlib.suppress(RuntimeError):
+                StandinControl(socket_path, timeout=2.0).shutdown()
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(timeout=10)
+        _kill_leftovers(workdir)
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)

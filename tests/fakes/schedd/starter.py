@@ -1,0 +1,302 @@
+"""The starter: runs one job as a local process group, as HTCondor's starter does on a slot.
+
+It makes the scratch dir, transfers inputs, builds the job's environment and starts the
+process; when the process ends it kills what the job left behind, transfers outputs and
+removes the scratch dir. What an exit means for the job (complete, hold, requeue) is the
+queue's business: the starter reports facts and ``StartFailure``s with HTCondor's hold codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import classad2
+
+from .classads import IDLE, RUNNING, int_attr, policy, str_attr
+from .config import Config
+from .quoting import job_argv_tail, job_environment
+
+log = logging.getLogger("htcondor_standin")
+
+
+class StartFailure(Exception):
+    """Starting a job failed the way a starter/shadow failure puts a job on hold."""
+
+    def __init__(self, code: int, subcode: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.subcode, self.reason = code, subcode, reason
+
+
+def killpg(pgid: int, sig: signal.Signals) -> None:
+    """Signal a process group that may already be gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+@dataclass
+class Run:
+    """One execution of a job: its process (group), scratch dir, slot and open stdio files."""
+
+    process: subprocess.Popen[bytes]
+    scratch: Path
+    slot: int
+    files: list[IO[bytes]]
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Signal the job's whole process group."""
+        killpg(self.process.pid, sig)
+
+
+class Starter:
+    """Starts jobs in their own session and cleans up after them (see module docstring)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def start(self, ad: classad2.ClassAd, key: tuple[int, int], slot: int) -> tuple[Run, dict]:
+        """Start the job in ``slot``: its Run and the ad updates that say it is running.
+
+        Raises ``StartFailure`` (with files closed and the scratch dir gone) when it cannot.
+        """
+        cluster, proc = key
+        host = f"slot{slot}@{self.cfg.name}"
+        starts = int_attr(ad, "NumJobStarts", 0)
+        iwd = Path(str_attr(ad, "Iwd", "/"))
+        scratch = self.cfg.workdir / "execute" / f"dir_{cluster}.{proc}_{starts + 1}"
+        files: list[IO[bytes]] = []
+        try:
+            if not iwd.is_dir():
+                raise StartFailure(
+                    14, errno.ENOENT, f"Error from {host}: Failed to access Iwd {iwd}"
+                )
+            scratch.mkdir(parents=True, exist_ok=True)
+            transfer = str_attr(ad, "ShouldTransferFiles", "IF_NEEDED").upper() != "NO"
+            if transfer:
+                self._transfer_inputs(ad, iwd, scratch, host)
+            argv = [self._executable(ad, scratch, transfer, host), *job_argv_tail(ad)]
+            env = self._job_env(ad, scratch, iwd, slot)
+            stdin = self._open(ad, "In", iwd, "rb", 8, host, files)
+            stdout = self._open(ad, "Out", iwd, "wb", 7, host, files)
+            same = str_attr(ad, "Err") == str_attr(ad, "Out") and stdout is not None
+            stderr = stdout if same else self._open(ad, "Err", iwd, "wb", 7, host, files)
+            now = int(time.time())
+            running = {
+                "JobStatus": RUNNING,
+                "LastJobStatus": IDLE,
+                "EnteredCurrentStatus": now,
+                "JobCurrentStartDate": now,
+                "NumJobStarts": starts + 1,
+                "RemoteHost": host,
+            }
+            if "JobStartDate" not in ad:
+                running["JobStartDate"] = now
+            job_ad_text = self._job_ad_text(ad, running)
+            (scratch / ".job.ad").write_text(job_ad_text)
+            (scratch / ".machine.ad").write_text(self._machine_ad(host, slot).printOld())
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    cwd=scratch if transfer else iwd,
+                    env=env,
+                    stdin=stdin or subprocess.DEVNULL,
+                    stdout=stdout or subprocess.DEVNULL,
+                    stderr=stderr or subprocess.DEVNULL,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                args = " ".join(argv[1:])
+                with_args = f" with arguments {args}" if args else ""
+                cmd = str_attr(ad, "Cmd")
+                raise StartFailure(
+                    6,
+                    exc.errno or 0,
+                    f"Error from {host}: Failed to execute '{cmd}'{with_args}: "
+                    f"(errno={exc.errno}: '{exc.strerror}')",
+                ) from exc
+        except StartFailure:
+            for f in files:
+                f.close()
+            if not self.cfg.keep_scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return Run(process=process, scratch=scratch, slot=slot, files=files), running
+
+    def _transfer_inputs(self, ad: classad2.ClassAd, iwd: Path, scratch: Path, host: str) -> None:
+        """Copy ``transfer_input_files`` into the scratch dir (code 13 when one is missing)."""
+        for entry in [e.strip() for e in str_attr(ad, "TransferInput").split(",") if e.strip()]:
+            path = entry[len("file://") :] if entry.startswith("file://") else entry
+            if "://" in path:
+                raise StartFailure(
+                    13, 0, f"Error from {host}: the stand-in cannot transfer URL {entry}"
+                )
+            src = Path(path) if os.path.isabs(path) else iwd / path
+            try:
+                if src.is_dir():
+                    dest = scratch if path.endswith("/") else scratch / src.name
+                    shutil.copytree(src, dest, dirs_exist_ok=True)
+                elif src.is_file():
+                    shutil.copy2(src, scratch / src.name)
+                else:
+                    raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+            except OSError as exc:
+                raise StartFailure(
+                    13,
+                    exc.errno or 0,
+                    f"Error from {host}: Transfer input files failure at access point "
+                    f"{self.cfg.name} while sending files to execution point {host}. "
+                    f"Details: reading from file {src}: (errno {exc.errno}) {exc.strerror}",
+                ) from exc
+
+    def _executable(self, ad: classad2.ClassAd, scratch: Path, transfer: bool, host: str) -> str:
+        """The path to run: ``Cmd`` itself, or its copy ``condor_exec.exe`` when transferred."""
+        cmd = str_attr(ad, "Cmd")
+        transfer_exe = policy(ad, "TransferExecutable") if "TransferExecutable" in ad else True
+        if not (transfer and transfer_exe):
+            return cmd
+        dest = scratch / "condor_exec.exe"
+        try:
+            shutil.copy2(cmd, dest)
+        except OSError as exc:
+            raise StartFailure(
+                13,
+                exc.errno or 0,
+                f"Error from {host}: Transfer input files failure at access point "
+                f"{self.cfg.name} while sending files to execution point {host}. "
+                f"Details: reading from file {cmd}: (errno {exc.errno}) {exc.strerror}",
+            ) from exc
+        dest.chmod(0o755)
+        return str(dest)
+
+    def _job_env(self, ad: classad2.ClassAd, scratch: Path, iwd: Path, slot: int) -> dict[str, str]:
+        """A minimal base environment + the job's own, never the daemon's whole environment."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        env.update(job_environment(ad))
+        for name in ("TMPDIR", "TMP", "TEMP"):
+            env.setdefault(name, str(scratch))
+        env.setdefault("OMP_NUM_THREADS", str(int_attr(ad, "RequestCpus", 1)))
+        env.update(
+            {
+                "_CONDOR_SCRATCH_DIR": str(scratch),
+                "_CONDOR_JOB_AD": str(scratch / ".job.ad"),
+                "_CONDOR_MACHINE_AD": str(scratch / ".machine.ad"),
+                "_CONDOR_JOB_IWD": str(iwd),
+                "_CONDOR_SLOT": f"slot{slot}",
+                "BATCH_SYSTEM": "HTCondor",
+            }
+        )
+        return env
+
+    def _open(
+        self,
+        ad: classad2.ClassAd,
+        attr: str,
+        iwd: Path,
+        mode: str,
+        code: int,
+        host: str,
+        files: list[IO[bytes]],
+    ) -> IO[bytes] | None:
+        name = str_attr(ad, attr, "/dev/null") or "/dev/null"
+        if name == "/dev/null":
+            return None
+        path = Path(name) if os.path.isabs(name) else iwd / name
+        try:
+            handle: IO[bytes] = open(path, mode)  # closed when the job ends
+        except OSError as exc:
+            what = "standard input" if attr == "In" else "standard output/error"
+            raise StartFailure(
+                code,
+                exc.errno or 0,
+                f"Error from {host}: Failed to open '{path}' as {what}: "
+                f"{exc.strerror} (errno {exc.errno})",
+            ) from exc
+        files.append(handle)
+        return handle
+
+    def _job_ad_text(self, ad: classad2.ClassAd, updates: dict[str, Any]) -> str:
+        copy = classad2.ClassAd()
+        copy.update({k: ad.lookup(k) for k in ad.keys()})
+        copy.update(updates)
+        return copy.printOld()
+
+    def _machine_ad(self, host: str, slot: int) -> classad2.ClassAd:
+        return classad2.ClassAd(
+            {
+                "MyType": "Machine",
+                "Name": host,
+                "SlotID": slot,
+                "Machine": self.cfg.name,
+                "OpSys": "LINUX",
+                "Arch": "X86_64",
+            }
+        )
+
+    def finish(self, run: Run, ad: classad2.ClassAd, transfer_outputs: bool) -> str | None:
+        """After the process ended: kill its leftovers, transfer outputs, remove the scratch.
+
+        Returns the hold reason when an output file is missing, else None.
+        """
+        run.signal(signal.SIGKILL)  # the job's leftover children, like the starter
+        for f in run.files:
+            f.close()
+        transfer_error = None
+        if transfer_outputs:
+            transfer_error = self._transfer_outputs(ad, run.scratch)
+        if not self.cfg.keep_scratch:
+            shutil.rmtree(run.scratch, ignore_errors=True)
+        return transfer_error
+
+    def _transfer_outputs(self, ad: classad2.ClassAd, scratch: Path) -> str | None:
+        """Copy ``transfer_output_files`` back to Iwd; an error text when one is missing."""
+        if str_attr(ad, "ShouldTransferFiles", "IF_NEEDED").upper() == "NO":
+            return None
+        iwd = Path(str_attr(ad, "Iwd", "/"))
+        for entry in [e.strip() for e in str_attr(ad, "TransferOutput").split(",") if e.strip()]:
+            src = scratch / entry
+            try:
+                if src.is_dir():
+                    shutil.copytree(src, iwd / src.name, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(src, iwd / src.name)
+            except OSError as exc:
+                return (
+                    f"Transfer output files failure at access point {self.cfg.name} while "
+                    f"receiving files from the execution point. Details: reading from file "
+                    f"{src}: (errno {exc.errno}) {exc.strerror}"
+                )
+        return None
+
+    async def kill_all(self, runs: list[Run]) -> None:
+        """Kill every run's process group (TERM, then KILL), bounded in time."""
+        for run in runs:
+            run.signal(signal.SIGTERM)
+            run.signal(signal.SIGCONT)
+        for _ in range(int(min(self.cfg.kill_grace, 3.0) / 0.05)):
+            if all(r.process.poll() is not None for r in runs):
+                break
+            await asyncio.sleep(0.05)
+        for run in runs:
+            run.signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.process.wait(timeout=2)
+            for f in run.files:
+                f.close()
+            if not self.cfg.keep_scratch:
+                shutil.rmtree(run.scratch, ignore_errors=True)
+        log.info("killed %d running jobs at shutdown", len(runs))
