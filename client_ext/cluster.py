@@ -63,7 +63,7 @@ class ElasticCluster(GatewayCluster):
             # creation failed runs there): waiting for the loop from itself would hang
             # forever, so the stop runs as a task of that loop instead.
             if self.status != "closed":
-                self._stop_task = asyncio.ensure_future(self._stop_internal(shutdown=shutdown))
+                self._close_on_loop = asyncio.ensure_future(self._stop_internal(shutdown=shutdown))
             return None
         if self.status != "closed" and self.gateway.loop.asyncio_loop.is_running():
             self.gateway.sync(self._stop_internal, shutdown=shutdown)

@@ -8,7 +8,9 @@ import signal
 import threading
 
 import pytest
-from dask_gateway import BasicAuth, Gateway, GatewayCluster
+from dask_gateway import BasicAuth, GatewayCluster
+
+from client_ext import ElasticGateway
 
 from ..conftest import http, process_groups, wait_for, workers_of
 
@@ -182,10 +184,10 @@ def test_other_users_cannot_see_scale_or_stop_a_cluster(gw, gateway):
 
 
 def test_wrong_password_is_refused(gateway):
-    # A plain Gateway, not a GatewayCluster: upstream's GatewayCluster.__del__ after a failed
+    # A gateway client, not a GatewayCluster: upstream's GatewayCluster.__del__ after a failed
     # constructor can run on the client's loop thread and block it for ever.
     creds = gateway.client_credentials()
-    client = Gateway(address=gateway.address, auth=BasicAuth(creds["username"], "nope"))
+    client = ElasticGateway(gateway.address, auth=BasicAuth(creds["username"], "nope"))
     try:
         with pytest.raises(Exception, match=r"401|Unauthorized"):
             client.list_clusters()
