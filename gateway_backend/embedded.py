@@ -30,6 +30,8 @@ import psutil
 
 from client_ext.auth import CLIENT_FILE
 
+from .launchers.staging import write_private_file
+
 SECRETS_FILE = "secrets.json"
 LOCK_FILE = "serve.lock"
 DEFAULT_PORT = 8000
@@ -99,10 +101,9 @@ def tighten_state_directory(state_dir: Path) -> list[str]:
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON readable by this user only (mode 0600 from creation, never wider)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
+    """Write JSON readable by this user only: a new 0600 file replaces the old in one rename,
+    so a crash mid-write never leaves half a secrets file and an old wider mode never stays."""
+    write_private_file(str(path), json.dumps(data, indent=2).encode())
 
 
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
