@@ -40,11 +40,16 @@ from .periodic import run_periodically
 from .placement import ordered_spill, plan_bursts
 from .pools import PoolBook, WorkerPool, parse_pool_specs, requested_pools
 from .quota_book import QuotaBook
-from .quotas import QuotaRefused, holds_resources
+from .quotas import VO, QuotaRefused, holds_resources
 from .records import create_workers
 from .scale_down import PoolOrderScaleDown
 from .usertext import one_line
 from .views import GatewayViews
+
+
+def facts_of_vo(vo: VO | None) -> ClusterFacts:
+    """What launchers learn of a cluster's VO (nothing when quotas are off)."""
+    return ClusterFacts(vo.name, vo.accounting_group) if vo else ClusterFacts()
 
 
 class ElasticBackend(ElasticSettings, DBBackendBase):
@@ -226,7 +231,7 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
             if self.quotas.enabled:
                 vo = self.quotas.choose(user, options.get("vo") or "")
                 options = {**options, "vo": vo.name}
-                facts = ClusterFacts(vo.name, vo.accounting_group)
+                facts = facts_of_vo(vo)
                 if vo.max_workers_per_cluster is not None:
                     current, limit = config.cluster_max_workers, vo.max_workers_per_cluster
                     config.cluster_max_workers = limit if current is None else min(current, limit)
@@ -259,8 +264,7 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
         return cluster.name
 
     def facts_of(self, cluster: Cluster) -> ClusterFacts:
-        vo = self.quotas.vo_of(cluster)
-        return ClusterFacts(vo.name, vo.accounting_group) if vo else ClusterFacts()
+        return facts_of_vo(self.quotas.vo_of(cluster))
 
     # -- pools and placement ------------------------------------------------------------
     def _pool_name_of(self, worker: Worker) -> str:
@@ -346,14 +350,17 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
         size and VO usage do not change.
         """
         now = timestamp()
+        usage = None  # one count over all clusters, again only after workers were started
         for cluster in list(self.db.active_clusters()):
             if cluster.status != JobStatus.RUNNING or cluster.target != JobStatus.RUNNING:
                 continue
+            if usage is None:
+                usage = self.pool_usage()
             moves = plan_bursts(
                 list(cluster.workers.values()),
                 self.pools.pools_for(cluster.options),
                 self.pools.pool_of,
-                self.pool_usage(),
+                usage,
                 now,
             )
             for target_name, stuck in moves.items():
@@ -371,6 +378,7 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
                         f"{pool.burst_after:g}s{why}: moved to pool {target_name}",
                     )
                 await self._start_batch(cluster, self.pools.by_name[target_name], len(stuck))
+                usage = None  # others may have started workers meanwhile
 
     async def _start_batch(self, cluster: Cluster, pool: WorkerPool, n: int) -> None:
         workers = create_workers(self.db, cluster, pool.name, n)
@@ -434,6 +442,8 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
         self._wake_waiting()
 
     async def _cluster_to_stopped(self, cluster: Cluster) -> None:
+        if cluster.target == JobStatus.FAILED and cluster.status > JobStatus.CREATED:
+            await self._record_why_the_scheduler_stopped(cluster)
         await super()._cluster_to_stopped(cluster)
         self.events.stopped(cluster.name)
         self._waiting.pop(cluster.name, None)
@@ -471,14 +481,23 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
         for w in cluster.workers.values():
             self.worker_conditions.pop(w.name, None)
 
+    async def _record_why_the_scheduler_stopped(self, cluster: Cluster) -> None:
+        """Upstream fails a cluster (missed heartbeats, a failed start check) without a word:
+        if no reason was kept yet, ask the launcher how its scheduler ended, for the owner."""
+        if cluster.state.get("failure_reason"):
+            return
+        try:
+            [check] = await self.scheduler_launcher_instance.check_schedulers([cluster])
+        except Exception:
+            self.log.debug("Cluster %s: no scheduler check for the reason", cluster.name)
+            return
+        if not check.alive and check.reason:
+            reason = f"the scheduler stopped: {check.reason}"
+            self.events.add(cluster.name, reason, "error")
+            self.db.update_cluster(cluster, state={**cluster.state, "failure_reason": reason})
+
     async def do_check_clusters(self, clusters: Sequence[Cluster]) -> list[bool]:
         checks = await self.scheduler_launcher_instance.check_schedulers(clusters)
-        for cluster, check in zip(clusters, checks, strict=True):
-            if not check.alive and check.reason:
-                # Upstream fails the cluster without a word; keep why for its owner.
-                reason = f"the scheduler stopped: {check.reason}"
-                self.events.add(cluster.name, reason, "error")
-                self.db.update_cluster(cluster, state={**cluster.state, "failure_reason": reason})
         return [check.alive for check in checks]
 
     async def do_start_worker(self, worker: Worker):

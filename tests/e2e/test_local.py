@@ -238,3 +238,18 @@ def test_closing_a_cluster_on_the_clients_own_event_loop_returns_and_stops_it(gw
     gw.loop.asyncio_loop.call_soon_threadsafe(close_on_loop)
     assert closed.wait(10), "close() on the client's event loop hung"
     wait_for(lambda: not gw.list_clusters(), what="the cluster to stop")
+
+
+def test_a_scheduler_killed_from_outside_fails_its_cluster_with_the_reason(gw, gateway):
+    cluster = gw.new_cluster()
+    name = cluster.name
+    scheduler_group = min(process_groups(gateway), key=lambda g: _group_start(g))
+    os.killpg(scheduler_group, signal.SIGKILL)
+    details = wait_for(
+        lambda: (d := gw.cluster_details(name))["status"] == "FAILED" and d,
+        what="the cluster failed",
+    )
+    # Upstream fails the cluster without a word; the owner reads why.
+    assert details["failure_reason"].startswith("the scheduler stopped: the scheduler process")
+    assert any(e["message"] == details["failure_reason"] for e in details["events"])
+    cluster.close(shutdown=False)
