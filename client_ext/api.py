@@ -24,3 +24,9 @@ async def quota(gateway: Gateway) -> dict[str, Any]:
     """The caller's VOs' limits and current usage (every VO's, for admins)."""
     resp = await gateway._request("GET", f"{gateway.address}{API_PREFIX}/quota")
     return await resp.json()
+
+
+async def profiles(gateway: Gateway) -> dict[str, Any]:
+    """The profiles the caller may choose: sizes, pools, environment, lifetimes."""
+    resp = await gateway._request("GET", f"{gateway.address}{API_PREFIX}/profiles")
+    return await resp.json()

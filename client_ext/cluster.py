@@ -48,6 +48,7 @@ class ElasticCluster(GatewayCluster):
     pool_refresh_interval: float = 5.0
     # Class-level defaults, so repr works on a cluster whose __init__ failed early.
     _pools: PoolCounts | None = None
+    _profile: str | None = None  # "name (environment)", from the last details()
     _pool_refresh: concurrent.futures.Future | None = None
 
     def _init_internal(self, address=None, auth=None, **kwargs):
@@ -79,6 +80,13 @@ class ElasticCluster(GatewayCluster):
             return False  # closed already: its loop is not running anywhere
         return running is gateway.loop.asyncio_loop
 
+    async def _start_async(self) -> None:
+        await super()._start_async()
+        try:  # the profile and pools for repr and the widget from the start
+            await self._details()
+        except Exception:
+            logger.debug("no details of cluster %s yet", self.name, exc_info=True)
+
     async def _stop_async(self) -> None:
         if self._pool_refresh is not None:
             self._pool_refresh.cancel()
@@ -87,6 +95,8 @@ class ElasticCluster(GatewayCluster):
     async def _details(self) -> dict[str, Any]:
         details = await api.cluster_details(self.gateway, self.name)
         self._pools = pool_counts(details)
+        if details.get("profile"):
+            self._profile = f"{details['profile']} ({details['environment']})"
         return details
 
     def details(self) -> dict[str, Any]:
@@ -106,7 +116,8 @@ class ElasticCluster(GatewayCluster):
     def __repr__(self) -> str:
         name, status = getattr(self, "name", None), getattr(self, "status", None)
         pools = f", workers=[{pools_text(self._pools)}]" if self._pools else ""
-        return f"ElasticCluster<{name}, status={status}{pools}>"
+        profile = f", profile={self._profile.split(' ')[0]}" if self._profile else ""
+        return f"ElasticCluster<{name}, status={status}{profile}{pools}>"
 
     def _widget_status(self) -> str | None:
         # Upstream calls this on the event loop whenever a worker joins or leaves:
@@ -154,7 +165,8 @@ class ElasticCluster(GatewayCluster):
             "  <ul>\n"
             f"    <li><b>Name: </b>{html.escape(str(self.name))}\n"
             f"    <li><b>Dashboard: </b>{self._dashboard_html()}\n"
-            f"    <li><b>Workers per pool: </b>{pools}\n"
+            + (f"    <li><b>Profile: </b>{html.escape(self._profile)}\n" if self._profile else "")
+            + f"    <li><b>Workers per pool: </b>{pools}\n"
             "  </ul>\n"
             "</div>\n"
         )

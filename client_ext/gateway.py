@@ -72,3 +72,8 @@ class ElasticGateway(Gateway):
         "accounting_group": str | None}}}``; memory in bytes.
         """
         return self.sync(api.quota, self, **kwargs)
+
+    def profiles(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """The profiles you may choose (``new_cluster(profile=...)``), in order: the
+        first is the default. Each with its environment, sizes, pools and lifetimes."""
+        return self.sync(api.profiles, self, **kwargs)["profiles"]

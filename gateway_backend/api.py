@@ -66,10 +66,23 @@ def cluster_details(views: GatewayViews, cluster: Cluster) -> dict[str, Any]:
         "status": cluster.model_status.name,
         "requested_workers": cluster.count,
         "options": cluster.options,
+        "profile": cluster.config.get("profile") or None,
+        "environment": environment_text(cluster.config),
         "pools": pools,
         "failure_reason": cluster.state.get("failure_reason"),
+        "stop_reason": cluster.state.get("stop_reason"),
         "events": views.events.get(cluster.name),
     }
+
+
+def environment_text(config: Any) -> str:
+    """The software a cluster runs in, as its config (from its profile) says."""
+    parts = []
+    if config.get("image"):
+        parts.append(f"image {config['image']}")
+    if config.get("python"):
+        parts.append(f"Python {config['python']}")
+    return ", ".join(parts) or "the gateway's default environment"
 
 
 @api_handler(user_authenticated=True)
@@ -90,6 +103,18 @@ async def get_quota(request: web.Request) -> web.Response:
         for vo in quotas.visible_to(request["user"])
     }
     return web.json_response({"quotas_enabled": quotas.enabled, "vos": vos})
+
+
+@api_handler(user_authenticated=True)
+async def get_profiles(request: web.Request) -> web.Response:
+    """The profiles the caller may choose, with their sizes, pools and environment."""
+    views = _views(request)
+    return web.json_response(
+        {
+            "profiles_enabled": views.profiles.enabled,
+            "profiles": views.profiles.visible(request["user"]),
+        }
+    )
 
 
 def _has_metrics_token(request: web.Request, token: str) -> bool:
@@ -146,12 +171,34 @@ async def quota_messages(request: web.Request, handler) -> web.StreamResponse:
     return web.json_response({"ok": False, "msg": message})
 
 
+@web.middleware
+async def scheduler_stops(request: web.Request, handler) -> web.StreamResponse:
+    """Tell the owner why a cluster stopped when its own scheduler asked for it.
+
+    dask-gateway's scheduler preload stops its cluster through this route with the
+    cluster's API token only when the cluster was idle for its ``idle_timeout``.
+    """
+    if request.method == "DELETE" and request.match_info.route.handler is routes.delete_cluster:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        views = _views(request)
+        cluster = views.get_cluster(request.match_info["cluster_name"])
+        if (
+            cluster is not None
+            and scheme.lower() == "token"
+            and hmac.compare_digest(token.strip().encode(), cluster.token.encode())
+        ):
+            views.note_scheduler_stop(cluster.name)
+    return await handler(request)
+
+
 def add_routes(app: web.Application, views: GatewayViews) -> None:
     """Register the Elastic Gateway routes and request checks on the gateway's application."""
     app["elastic"] = views
     guard_user_names(app["authenticator"])
     app.router.add_get(PREFIX + "/clusters/{cluster_name}", get_cluster_details)
     app.router.add_get(PREFIX + "/quota", get_quota)
+    app.router.add_get(PREFIX + "/profiles", get_profiles)
     app.router.add_get(PREFIX + "/metrics", get_metrics)
     app.middlewares.append(refuse_malformed_requests)
     app.middlewares.append(quota_messages)
+    app.middlewares.append(scheduler_stops)

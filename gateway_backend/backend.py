@@ -14,15 +14,15 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 
-from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.db_base import Cluster, DBBackendBase, JobStatus, Worker
 from dask_gateway_server.proxy import Proxy
-from dask_gateway_server.utils import FrozenAttrDict, TaskPool, timestamp
+from dask_gateway_server.utils import TaskPool, timestamp
 from traitlets import default
 
 from . import api
 from .backend_settings import ElasticSettings
 from .batching import Batcher
+from .cluster_requests import ClusterRequests, facts_of_vo
 from .config import ConfigError
 from .events import EventLog
 from .launchers import (
@@ -35,24 +35,21 @@ from .launchers import (
     Phase,
 )
 from .launchers.loading import LauncherSpec, build_launchers, scheduler_spec
-from .options import default_cluster_options, explain_invalid_options, with_gateway_choices
+from .lifetimes import idle_stop_reason, over_lifetime
+from .options import default_cluster_options
 from .periodic import run_periodically
 from .placement import ordered_spill, plan_bursts
-from .pools import PoolBook, WorkerPool, parse_pool_specs, requested_pools
+from .pools import PoolBook, WorkerPool, parse_pool_specs
+from .profile_book import ProfileBook
 from .quota_book import QuotaBook
-from .quotas import VO, QuotaRefused, holds_resources
+from .quotas import holds_resources
 from .records import create_workers
+from .restart import reconcile_after_restart
 from .scale_down import PoolOrderScaleDown
-from .usertext import one_line
 from .views import GatewayViews
 
 
-def facts_of_vo(vo: VO | None) -> ClusterFacts:
-    """What launchers learn of a cluster's VO (nothing when quotas are off)."""
-    return ClusterFacts(vo.name, vo.accounting_group) if vo else ClusterFacts()
-
-
-class ElasticBackend(ElasticSettings, DBBackendBase):
+class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
     """Schedulers and workers on launchers (local, Kubernetes, HTCondor), workers in pools."""
 
     @default("cluster_options")
@@ -86,6 +83,10 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
             p.name: Batcher(p.launcher.stop_workers, self.stop_batch_window)
             for p in self.pools.pools
         }
+
+    def _admin_set(self, name: str) -> bool:
+        """Whether the admin's config sets ``name`` for this backend (or a base class)."""
+        return any(name in self.config.get(cls.__name__, {}) for cls in type(self).__mro__)
 
     def _context_for(self, launcher: Launcher) -> LauncherContext:
         names = [p.name for p in self.pools.pools if p.launcher is launcher]
@@ -129,6 +130,13 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
         # Upstream replaces this instance with the one it starts.
         self.proxy = Proxy(parent=self, log=self.log)
         self._load_launchers()
+        self.profile_book = ProfileBook(self.profiles, self.quotas, self.pools)
+        if self.profile_book.enabled and self._admin_set("cluster_options"):
+            raise ConfigError(
+                "ElasticBackend.profiles and cluster_options are both set: with profiles the "
+                "cluster options are the profiles' (profile, worker_cores, worker_memory); "
+                "remove cluster_options, or the profiles"
+            )
         for launcher in self.launchers:
             context = self._context_for(launcher)
             try:
@@ -145,6 +153,8 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
             events=self.events,
             conditions=self.worker_conditions,
             metrics_api_token=self.metrics_api_token,
+            profiles=self.profile_book,
+            note_scheduler_stop=self.note_scheduler_stop,
         )
         api.add_routes(app, views)
         await super().setup(app)
@@ -157,45 +167,17 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
             run_periodically(
                 self._loops, self.burst_pending_workers, period, self.log, "Moving pending workers"
             )
-        known = self.known_records()
-        for launcher in self.launchers:
-            removed = await launcher.remove_unknown(known)
-            if removed:
-                self.log.warning("Removed %d %s resources with no record", removed, launcher.kind)
-
-        active = list(self.db.active_clusters())
-        started = [c for c in active if c.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)]
-        if started:
-            checks = await self.scheduler_launcher_instance.check_schedulers(started)
-            for cluster, check in zip(started, checks, strict=True):
-                if not check.alive:
-                    why = f": {check.reason}" if check.reason else ""
-                    self._fail_cluster(
-                        cluster, f"the scheduler was gone when the gateway restarted{why}"
-                    )
-
-        for pool in self.pools.pools:
-            workers = [
-                w
-                for c in active
-                if c.target == JobStatus.RUNNING
-                for w in c.workers.values()
-                if w.is_active()
-                and w.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)
-                and self.pools.pool_of(w) is pool
-            ]
-            if not workers:
-                continue
-            checks = await pool.launcher.check_workers(workers)
-            gone = [
-                (w, {"target": JobStatus.FAILED})
-                for w, c in zip(workers, checks, strict=True)
-                if not c.alive
-            ]
-            self.db.update_workers(gone)
-            for w, _ in gone:
-                self.events.add(w.cluster.name, f"worker {w.name} was gone after a gateway restart")
-                self.queue.put(w)
+        await reconcile_after_restart(
+            db=self.db,
+            queue=self.queue,
+            log=self.log,
+            launchers=self.launchers,
+            scheduler_launcher=self.scheduler_launcher_instance,
+            pools=self.pools,
+            known=self.known_records(),
+            events=self.events,
+            fail_cluster=self._fail_cluster,
+        )
 
     async def cleanup(self) -> None:
         if not hasattr(self, "session"):
@@ -210,58 +192,6 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
             await self._loops.close()
         for launcher in reversed(getattr(self, "_started_launchers", [])):
             await launcher.cleanup()
-
-    # -- cluster options and quotas ----------------------------------------------------
-    async def get_cluster_options(self, user):
-        """The admin's options, plus ``vo`` and ``worker_pools`` choices where they apply."""
-        options = await super().get_cluster_options(user)
-        return with_gateway_choices(options, vo=self.quotas.enabled, pools=len(self.pools) > 1)
-
-    async def process_cluster_options(self, user, request):
-        options = await self.get_cluster_options(user)
-        problem = explain_invalid_options(options, request or {})
-        if problem:
-            raise PublicException(one_line(problem))
-        options, config = await super().process_cluster_options(user, request or {})
-        if "worker_pools" in options:
-            # Each pool once: a name repeated would count its cap once per repetition.
-            options = {**options, "worker_pools": ",".join(requested_pools(options))}
-        facts = ClusterFacts()
-        try:
-            if self.quotas.enabled:
-                vo = self.quotas.choose(user, options.get("vo") or "")
-                options = {**options, "vo": vo.name}
-                facts = facts_of_vo(vo)
-                if vo.max_workers_per_cluster is not None:
-                    current, limit = config.cluster_max_workers, vo.max_workers_per_cluster
-                    config.cluster_max_workers = limit if current is None else min(current, limit)
-            self.pools.refuse_unusable(options, facts.vo)
-            # Launchers refuse now, as a 4xx, what they could not run later (an
-            # HTCondor accounting user name, say).
-            launchers = [self.scheduler_launcher_instance]
-            launchers += [p.launcher for p in self.pools.pools_for(options)]
-            for launcher in dict.fromkeys(launchers):
-                launcher.check_cluster_request(user.name, options, config, facts)
-        except (QuotaRefused, ValueError) as exc:
-            raise PublicException(one_line(str(exc))) from None
-        return options, config
-
-    async def start_cluster(self, user, cluster_options):
-        options, config = await self.process_cluster_options(user, cluster_options)
-        config_dict = config.to_dict()
-        vo = self.quotas.vos.get(options.get("vo") or "")
-        # No await between the check and the record: concurrent requests cannot both pass.
-        if vo is not None:
-            try:
-                self.quotas.admit_cluster(vo, user.name, FrozenAttrDict(config_dict))
-            except QuotaRefused as exc:
-                raise PublicException(one_line(str(exc))) from None
-        cluster = self.db.create_cluster(user.name, options, config_dict)
-        self.log.info(
-            "Created cluster %s for user %s (VO %s)", cluster.name, user.name, options.get("vo")
-        )
-        self.queue.put(cluster)
-        return cluster.name
 
     def facts_of(self, cluster: Cluster) -> ClusterFacts:
         return facts_of_vo(self.quotas.vo_of(cluster))
@@ -281,6 +211,23 @@ class ElasticBackend(ElasticSettings, DBBackendBase):
             cluster, target=JobStatus.FAILED, state={**cluster.state, "failure_reason": reason}
         )
         self.queue.put(cluster)
+
+    async def _check_timeouts(self) -> None:
+        await super()._check_timeouts()
+        for cluster, reason in list(over_lifetime(self.db.active_clusters(), timestamp())):
+            self._note_stop_reason(cluster, reason)
+            await self.stop_cluster(cluster.name)
+
+    def note_scheduler_stop(self, cluster_name: str) -> None:
+        """The scheduler asked to stop its own cluster: dask-gateway does so when idle."""
+        cluster = self.db.get_cluster(cluster_name)
+        if cluster is not None and cluster.target == JobStatus.RUNNING:
+            self._note_stop_reason(cluster, idle_stop_reason(cluster))
+
+    def _note_stop_reason(self, cluster: Cluster, reason: str) -> None:
+        self.log.info("Cluster %s: %s", cluster.name, reason)
+        self.events.add(cluster.name, reason, "warning")
+        self.db.update_cluster(cluster, state={**cluster.state, "stop_reason": reason})
 
     async def _check_cluster_scale(self, cluster: Cluster) -> None:
         if cluster.worker_start_failure_count >= self.worker_start_failure_limit:

@@ -17,6 +17,7 @@ from traitlets.config import Configurable
 from .config import ConfigError
 from .launchers.loading import scheduler_spec
 from .pools import parse_pool_specs
+from .profiles import parse_profiles
 from .quotas import parse_vos
 
 
@@ -83,9 +84,40 @@ class ElasticSettings(Configurable):
         config=True,
     )
 
-    @validate("worker_pools", "vos", "scheduler_launcher")
+    profiles = Dict(
+        {},
+        help="""
+        The catalogue of cluster profiles users choose from (the cluster option
+        ``profile``), in order; the first a user may use is their default. Each
+        value is a dict with any of:
+
+        - ``display_name``, ``description``: what users read;
+        - ``vos``: VOs that may use it (default: everyone);
+        - ``image``: the container image of its pods and HTCondor jobs (pods'
+          ``image``, HTCondor's ``container_image``), scheduler and workers;
+        - ``python``: the interpreter the local launcher runs its scheduler and
+          workers with (e.g. ``/opt/conda/envs/coffea/bin/python``; it needs
+          ``distributed``, ``dask-gateway`` and ``bokeh`` installed);
+        - ``worker_cores``, ``worker_memory`` (GiB): a number (fixed), a list
+          of choices (the first is the default) or ``{"min": .., "max": ..,
+          "default": ..}``;
+        - ``worker_gpus``: GPUs per worker (advertised as the Dask resource ``GPU``);
+        - ``pools``: pools of ``worker_pools`` its workers use, in order
+          (default: every pool the VO may use);
+        - ``idle_timeout``, ``max_lifetime``: seconds (0: off; default: the
+          ``ElasticClusterConfig`` values);
+        - ``env``: extra environment variables of scheduler and workers.
+
+        Empty (the default): no profiles; users choose worker cores and memory
+        within ``max_worker_cores``/``max_worker_memory``.
+        """,
+        config=True,
+    )
+
+    @validate("worker_pools", "vos", "scheduler_launcher", "profiles")
     def _validate_structured(self, proposal):
         parse = {
+            "profiles": parse_profiles,
             "worker_pools": parse_pool_specs,
             "vos": parse_vos,
             "scheduler_launcher": scheduler_spec,

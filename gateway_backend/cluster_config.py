@@ -1,10 +1,15 @@
-"""Per-cluster configuration: upstream's ClusterConfig, ready for distributed 2026."""
+"""Per-cluster configuration: upstream's ClusterConfig, ready for distributed 2026.
+
+A cluster's config is stored with its record, so what a profile chose (the
+software environment, GPUs, lifetimes) stays with the cluster across gateway
+restarts and config changes.
+"""
 
 from __future__ import annotations
 
 from dask_gateway_server.backends.base import ClusterConfig
 from dask_gateway_server.traitlets import Command
-from traitlets import Integer
+from traitlets import Float, Integer, Unicode
 
 
 class ElasticClusterConfig(ClusterConfig):
@@ -23,6 +28,56 @@ class ElasticClusterConfig(ClusterConfig):
     worker_gpus = Integer(
         0,
         min=0,
-        help="GPUs per worker (HTCondor ``request_gpus``, Kubernetes ``nvidia.com/gpu``).",
+        help="""
+        GPUs per worker (HTCondor ``request_gpus``, the Kubernetes pool's
+        ``gpu_resource``, devices of the local launcher's ``gpu_devices``).
+        Workers advertise them as the Dask resource ``GPU``, so
+        ``client.submit(f, resources={"GPU": 1})`` runs only on them.
+        """,
+        config=True,
+    )
+
+    profile = Unicode(
+        "", help="The profile the cluster was created with (set from the cluster options)."
+    )
+
+    image = Unicode(
+        "",
+        help="""
+        Container image of the cluster's pods and HTCondor jobs (a profile's
+        ``image``); empty: the launcher's own ``image``/``container_image``.
+        """,
+        config=True,
+    )
+
+    python = Unicode(
+        "",
+        help="""
+        Python interpreter the local launcher runs the cluster's scheduler and
+        workers with (a profile's ``python``, e.g. a conda environment's
+        ``bin/python``); empty: the gateway's own.
+        """,
+        config=True,
+    )
+
+    idle_timeout = Float(
+        3600,
+        min=0,
+        help="""
+        Seconds a cluster may run no task before its scheduler stops it, with
+        an event saying so (0: never). One hour by default, so a forgotten
+        cluster does not hold its workers all night; profiles may set their own.
+        """,
+        config=True,
+    )
+
+    max_lifetime = Float(
+        7 * 86400,
+        min=0,
+        help="""
+        Seconds after which a cluster is stopped however busy it is, with an
+        event saying so (0: never). A week by default, a bound on what a
+        runaway adaptive cluster can hold; profiles may set their own.
+        """,
         config=True,
     )

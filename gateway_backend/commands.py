@@ -67,9 +67,26 @@ def worker_command(
         "--memory-limit",
         str(config.worker_memory),
     ]
+    gpus = getattr(config, "worker_gpus", 0)
+    if gpus:
+        # Dask schedules ``resources={"GPU": 1}`` tasks only on workers advertising it.
+        cmd += ["--resources", f"GPU={int(gpus)}"]
     if scheduler_sni:
         cmd += ["--scheduler-sni", scheduler_sni]
     return cmd
+
+
+def nanny_sni_preload(scheduler_sni: str) -> list[str]:
+    """Arguments that let a worker's Nanny reach its scheduler through the proxy.
+
+    ``--scheduler-sni`` reaches the Worker only; the Nanny connects to the scheduler
+    too (``register_nanny``, plugins, restarts) with its own connection arguments.
+    A nanny preload (Python text, which distributed runs before the Nanny first
+    connects) adds the server name to them. The name is the proxy's route of a
+    gateway-made cluster name (hex), so it needs no quoting beyond ``repr``.
+    """
+    code = f"def dask_setup(nanny): nanny.connection_args.update(server_hostname={scheduler_sni!r})"
+    return ["--preload-nanny", code]
 
 
 def proxy_sni(cluster: Cluster) -> str:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .events import EventLog
     from .launchers.base import Check
     from .pools import PoolBook
+    from .profile_book import ProfileBook
     from .quota_book import QuotaBook
 
 
@@ -33,3 +34,6 @@ class GatewayViews:
     conditions: Mapping[str, Check]
     """The latest check of each pending or failed worker, by worker name."""
     metrics_api_token: str
+    profiles: ProfileBook
+    note_scheduler_stop: Callable[[str], None]
+    """A cluster's scheduler asked the API to stop its cluster (for the owner's events)."""

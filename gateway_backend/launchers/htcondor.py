@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 from dask_gateway_server.utils import FrozenAttrDict, TaskPool, normalize_address
 from traitlets import default
 
-from ..commands import CERT_FILE, KEY_FILE, proxy_sni, worker_command, worker_env
+from ..commands import (
+    CERT_FILE,
+    KEY_FILE,
+    nanny_sni_preload,
+    proxy_sni,
+    worker_command,
+    worker_env,
+)
 from ..config import ConfigError
 from ..periodic import run_periodically
 from .base import (
@@ -39,6 +46,7 @@ from .base import (
     log_tail,
 )
 from .htcondor_quoting import (
+    UnsafeValue,
     arguments_value,
     check_accounting_user,
     classad_string,
@@ -298,7 +306,9 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
             i = args.index("--host")
             del args[i : i + 2]
             args[args.index("--dashboard-address") + 1] = ":0"
-        if not self.nanny:
+        if self.nanny:
+            args += nanny_sni_preload(proxy_sni(cluster))
+        else:
             args.append("--no-nanny")
         args += list(self.worker_extra_args)
         logs = os.path.join(self.cluster_directory(cluster), "logs")
@@ -330,11 +340,19 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
         gpus = config.get("worker_gpus", 0)
         if gpus:
             desc["request_gpus"] = str(gpus)
-        if self.container_image and self.container_mode == "container":
+        image = config.get("image") or self.container_image
+        if config.get("image") and self.container_mode == "none":
+            raise UnsafeValue(
+                f"the image {config['image']!r} of profile {config.get('profile')!r} cannot "
+                "run in this pool: it runs jobs without containers "
+                "(HTCondorLauncher.container_mode = 'none'); choose a profile without an "
+                "image or another pool"
+            )
+        if image and self.container_mode == "container":
             desc["universe"] = "container"
-            desc["container_image"] = submit_literal(self.container_image, "container_image")
-        elif self.container_image and self.container_mode == "apptainer":
-            desc["+SingularityImage"] = classad_string(self.container_image)
+            desc["container_image"] = submit_literal(image, "container_image")
+        elif image and self.container_mode == "apptainer":
+            desc["+SingularityImage"] = classad_string(image)
         if self.use_accounting_group and facts.accounting_group:
             pattern = re.compile(self.accounting_user_pattern)
             user = check_accounting_user(cluster.username, pattern)

@@ -91,11 +91,14 @@ class HTCondorSettings(Configurable):
 
     container_mode = CaselessStrEnum(
         ["none", "container", "apptainer"],
-        default_value="none",
+        default_value="apptainer",
         help="""
-        How ``container_image`` runs: ``container`` uses the container universe
-        (``container_image``), ``apptainer`` sets ``+SingularityImage`` as OSG
-        and most HEP pools expect, ``none`` runs on the execute node directly.
+        How the worker image (a profile's ``image``, else ``container_image``)
+        runs: ``apptainer`` sets ``+SingularityImage`` as OSG and most HEP
+        pools expect, ``container`` uses the container universe
+        (``container_image``), ``none`` runs on the execute node directly (and
+        refuses clusters of profiles with an image). Without an image, jobs run
+        directly in every mode.
         """,
         config=True,
     )
@@ -199,12 +202,14 @@ class HTCondorSettings(Configurable):
     )
 
     nanny = Bool(
-        False,
+        True,
         help="""
-        Run a Nanny in worker jobs. Off by default: distributed's Nanny does not
-        send ``--scheduler-sni`` when it registers, so it cannot reach a
-        scheduler through the gateway proxy; HTCondor enforces the job's memory
-        and the gateway replaces failed workers, which is what a Nanny adds.
+        Run a Nanny in worker jobs, so ``client.restart()`` and nanny plugins
+        (``PipInstall``, ``Environ``, ``UploadDirectory``) work. The Nanny
+        reaches the scheduler through the gateway proxy by a nanny preload that
+        gives it the proxy's server name (distributed passes ``--scheduler-sni``
+        to the Worker only). Without a Nanny, ``client.restart()`` fails with a
+        message and nanny plugins are refused by distributed.
         """,
         config=True,
     )

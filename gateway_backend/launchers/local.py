@@ -36,6 +36,7 @@ from ..commands import (
 )
 from .base import Check, ClusterFacts, KnownRecords, Launcher, LauncherContext, Phase
 from .forkserver import ForkServer
+from .local_gpus import GpuAllocator, discover_gpus
 from .local_isolation import (
     DIRECTORY,
     Account,
@@ -86,6 +87,7 @@ class LocalLauncher(LocalSettings, Launcher):
         # Live processes found by their directories, not yet adopted (see _adoptable).
         self._found: dict[tuple[str, str | None], dict[str, Any]] | None = None
         self._user_servers: dict[str, ForkServer] = {}
+        self._gpu_allocator: GpuAllocator | None = None  # made when a GPU cluster asks
         self._fork_server = None
         if self.fork_server and self.run_as == "gateway":
             self._fork_server = ForkServer(self._base_env())
@@ -102,8 +104,16 @@ class LocalLauncher(LocalSettings, Launcher):
     def check_cluster_request(
         self, username: str, options: Mapping[str, Any], config: Any, facts: ClusterFacts
     ) -> None:
-        """Refuse, when the cluster is requested, a user this launcher may not run."""
+        """Refuse, when the cluster is requested, a user this launcher may not run, or
+        workers with more GPUs than this pool has."""
         self.account_for(username)
+        gpus = int(getattr(config, "worker_gpus", 0) or 0)
+        if gpus and gpus > len(self.gpus.devices):
+            raise ValueError(
+                f"workers with {gpus} GPU(s) cannot run in pool {self.context.name}: it has "
+                f"{len(self.gpus.devices)} (LocalLauncher.gpu_devices); choose a profile "
+                "with fewer GPUs per worker"
+            )
 
     def account_of(self, cluster: Cluster) -> Account | None:
         """The OS account for ``cluster`` (None: the gateway's), or ``UserRefused``."""
@@ -184,6 +194,29 @@ class LocalLauncher(LocalSettings, Launcher):
         bindir = os.path.dirname(sys.executable)
         env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
         return env
+
+    def _in_environment(self, cluster: Cluster, cmd: list[str], env: dict[str, str]):
+        """Command and environment in the cluster's Python environment (its profile's).
+
+        ``dask <subcommand>`` becomes ``<python> -m dask <subcommand>``, so the
+        scheduler and workers run that interpreter whatever ``PATH`` holds, and its
+        ``bin`` directory leads ``PATH`` (as activating the environment would).
+        """
+        python = cluster.config.get("python")
+        if not python:
+            return cmd, env
+        if cmd[:1] == ["dask"]:
+            cmd = [python, "-m", "dask", *cmd[1:]]
+        bindir = os.path.dirname(python)
+        path = env.get("PATH") or self._base_env().get("PATH", "")
+        return cmd, {**env, "PATH": os.pathsep.join(p for p in (bindir, path) if p)}
+
+    @property
+    def gpus(self) -> GpuAllocator:
+        if self._gpu_allocator is None:
+            devices = self.gpu_devices if self.gpu_devices is not None else discover_gpus()
+            self._gpu_allocator = GpuAllocator(devices)
+        return self._gpu_allocator
 
     def log_path(self, cluster: Cluster, name: str) -> str:
         return os.path.join(self.cluster_directory(cluster), "logs", f"{name}.log")
@@ -271,7 +304,8 @@ class LocalLauncher(LocalSettings, Launcher):
             env = scheduler_env(
                 cluster, api_url=self.context.api_url, cert_path=cert_path, key_path=key_path
             )
-            program = self._program(cluster.config.scheduler_cmd, "scheduler")
+            cmd, env = self._in_environment(cluster, cmd, env)
+            program = self._program(cluster, cluster.config.scheduler_cmd, "scheduler")
             if account is not None or program != "exec":
                 [state] = await self._fork(cluster, account, program, [cmd], env, ["scheduler"])
             else:
@@ -315,35 +349,56 @@ class LocalLauncher(LocalSettings, Launcher):
             cert_path, key_path = self._tls_paths(cluster)
             env = worker_env(cluster, cert_path=cert_path, key_path=key_path)
             commands = [
-                worker_command(cluster, w.name, cluster.scheduler_address, host=self.host)
+                self._in_environment(
+                    cluster,
+                    worker_command(cluster, w.name, cluster.scheduler_address, host=self.host),
+                    env,
+                )[0]
                 for w in new
             ]
+            env = self._in_environment(cluster, [], env)[1]
             logs = [f"worker-{w.name}" for w in new]
-            program = self._program(cluster.config.worker_cmd, "worker")
-            if account is not None or program != "exec":
-                states = await self._fork(cluster, account, program, commands, env, logs)
-            else:
-                pairs = zip(commands, logs, strict=True)
-                states = [self._spawn(cluster, cmd, env, log) for cmd, log in pairs]
+            per_worker = int(cluster.config.get("worker_gpus", 0) or 0)
+            devices = self.gpus.take([w.name for w in new], per_worker) if (per_worker) else {}
+            envs = [
+                {**env, "CUDA_VISIBLE_DEVICES": ",".join(devices[w.name])} if devices else env
+                for w in new
+            ]
+            program = self._program(cluster, cluster.config.worker_cmd, "worker")
+            try:
+                if account is not None or program != "exec":
+                    states = await self._fork(cluster, account, program, commands, envs, logs)
+                else:
+                    triples = zip(commands, envs, logs, strict=True)
+                    states = [self._spawn(cluster, cmd, e, log) for cmd, e, log in triples]
+            except BaseException:
+                self.gpus.release(devices)
+                raise
+            for w, state in zip(new, states, strict=True):
+                if devices:
+                    state["gpus"] = devices[w.name]
             adopted.update((w.name, s) for w, s in zip(new, states, strict=True))
         return [adopted[w.name] for w in workers]
 
-    def _program(self, configured_cmd: Sequence[str], program: str) -> str:
-        """Fork ``program`` from a fork server (only the default ``dask <program>``) or
-        ``exec`` the configured command?"""
-        return program if self.fork_server and list(configured_cmd) == ["dask", program] else "exec"
+    def _program(self, cluster: Cluster, configured_cmd: Sequence[str], program: str) -> str:
+        """Fork ``program`` from a fork server (only the default ``dask <program>`` in the
+        gateway's own Python) or ``exec`` the command?"""
+        default = list(configured_cmd) == ["dask", program] and not cluster.config.get("python")
+        return program if self.fork_server and default else "exec"
 
     async def _fork(self, cluster, account, program: str, cmds, env, logs) -> list[dict]:
         """Start one process per command through a fork server: the gateway's, or with
-        ``account`` that user's own (which also runs custom commands, as ``exec``)."""
-        full_env = {
-            **self._base_env(),
-            "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": self.nanny_start_method,
-            **(account.env() if account else {}),
-            **env,
-        }
+        ``account`` that user's own (which also runs custom commands, as ``exec``).
+        ``env`` is one environment for all, or a list of one per command."""
+        envs = env if isinstance(env, list) else [env] * len(cmds)
         requests = []
-        for cmd, log in zip(cmds, logs, strict=True):
+        for cmd, log, own_env in zip(cmds, logs, envs, strict=True):
+            full_env = {
+                **self._base_env(),
+                "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": self.nanny_start_method,
+                **(account.env() if account else {}),
+                **own_env,
+            }
             cwd = self._process_directory(cluster, log)
             # Spilled data stays in the user's private directory, not a shared /tmp.
             extra = {"DASK_TEMPORARY_DIRECTORY": cwd} if account else {}
@@ -373,6 +428,8 @@ class LocalLauncher(LocalSettings, Launcher):
 
     async def stop_workers(self, workers: Sequence[Worker]) -> None:
         await self._terminate([w.state for w in workers if "pid" in w.state])
+        if self._gpu_allocator is not None:
+            self._gpu_allocator.release(w.name for w in workers)
         for w in workers:
             self._exit_codes.pop(w.state.get("pid"), None)
             remove_below(self.cluster_directory(w.cluster), "workers", w.name)
@@ -397,8 +454,12 @@ class LocalLauncher(LocalSettings, Launcher):
         out = []
         for w in workers:
             if _process_alive(w.state):
+                if w.state.get("gpus"):
+                    self.gpus.remember(w.name, w.state)
                 out.append(Check(Phase.RUNNING))
                 continue
+            if self._gpu_allocator is not None:
+                self._gpu_allocator.release([w.name])
             tail = self._log_tail(w.cluster, w.state.get("log", ""))
             last = tail.splitlines()[-1] if tail else "no output"
             out.append(Check(Phase.FAILED, f"worker process exited: {last}"))

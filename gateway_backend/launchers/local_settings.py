@@ -132,6 +132,19 @@ class LocalSettings(Configurable):
         config=True,
     )
 
+    gpu_devices = List(
+        Unicode(),
+        None,
+        allow_none=True,
+        help="""
+        GPU devices this pool gives workers of clusters with ``worker_gpus``, as
+        ``CUDA_VISIBLE_DEVICES`` values (indices or UUIDs, e.g. ``["0", "1"]``, or
+        MIG UUIDs); each device serves one worker at a time. None (the default):
+        the devices ``nvidia-smi -L`` lists, none without it.
+        """,
+        config=True,
+    )
+
     host = Unicode(
         "127.0.0.1",
         help="Address schedulers and workers listen on. Keep it on loopback unless "

@@ -255,3 +255,60 @@ def test_jobs_of_a_killed_gateway_are_removed_by_the_lease_and_restart_reconcile
     assert "was gone after a gateway restart" in events
     cluster.shutdown()
     wait_for(lambda: pool.jobs() == [], what="no jobs after stop")
+
+
+TWO_POOLS = """
+c.ElasticBackend.worker_pools = {
+    "cpu-condor": {"launcher": "htcondor", "max_workers": 1,
+                   "extra_submit": {"requirements": "(TARGET.OpSysMajorVer == 9)"}},
+    "gpu-condor-a100": {"launcher": "htcondor", "container_mode": "container",
+                        "extra_submit": {"requirements": "(TARGET.CUDACapability >= 8.0)"}},
+}
+c.ElasticBackend.profiles = {
+    "coffea": {"image": "/cvmfs/unpacked.cern.ch/coffea-dask:2025",
+               "pools": ["cpu-condor", "gpu-condor-a100"]},
+}
+"""
+
+
+@needs_standin  # the stand-in runs jobs whatever their requirements and image
+def test_two_htcondor_pools_with_their_own_settings_and_the_profiles_image(make_pool):
+    pool = make_pool(extra=TWO_POOLS)
+    cluster = pool.gw.new_cluster(profile="coffea")
+    cluster.scale(2)
+    wait_for(lambda: workers_of(cluster) == 2, what="a worker in each pool")
+    client = cluster.get_client()
+    assert sum(client.gather(client.map(lambda x: x * 2, range(20)))) == 380
+    ads = pool.schedd.query(
+        f'DaskGatewayCluster == "{cluster.name}"',
+        ["Requirements", "SingularityImage", "ContainerImage", "WantContainer"],
+    )
+    [container] = [ad for ad in ads if "ContainerImage" in ad]  # the container universe
+    [vanilla] = [ad for ad in ads if "ContainerImage" not in ad]  # apptainer, the default
+    assert container["WantContainer"] is True and "SingularityImage" not in container
+    assert "OpSysMajorVer == 9" in str(vanilla["Requirements"])
+    assert vanilla["SingularityImage"] == "/cvmfs/unpacked.cern.ch/coffea-dask:2025"
+    assert "CUDACapability >= 8.0" in str(container["Requirements"])
+    assert container["ContainerImage"] == "/cvmfs/unpacked.cern.ch/coffea-dask:2025"
+    client.close()
+    cluster.shutdown()
+
+
+def test_nanny_workers_restart_and_take_nanny_plugins_through_the_proxy(make_pool):
+    from distributed.diagnostics.plugin import Environ
+
+    pool = make_pool()
+    cluster = pool.gw.new_cluster()
+    cluster.scale(2)
+    wait_for(lambda: workers_of(cluster) == 2, what="2 HTCondor workers")
+    client = cluster.get_client()
+    client.register_plugin(Environ({"ANALYSIS_TAG": "ttbar-2025"}))  # restarts the workers
+    client.wait_for_workers(2, timeout=60)
+    assert set(client.run(lambda: os.environ.get("ANALYSIS_TAG")).values()) == {"ttbar-2025"}
+    pids = client.run(os.getpid)
+    client.restart()
+    client.wait_for_workers(2, timeout=60)
+    assert set(client.run(os.getpid).values()).isdisjoint(pids.values())
+    assert len(pool.jobs(f'DaskGatewayCluster == "{cluster.name}" && JobStatus == 2')) == 2
+    client.close()
+    cluster.shutdown()

@@ -697,3 +697,23 @@ def test_a_30s_api_server_outage_is_survived(make_k8s):
     # Explicit deletions, not garbage collection (which may lag after an outage).
     empty = {"pods": set(), "services": set(), "secrets": set()}
     wait_for(lambda: k.everything(cluster) == empty, timeout=60, what="nothing left")
+
+
+def test_a_profiles_image_runs_scheduler_and_worker_pods(make_k8s):
+    """The profile's image, not the launcher's, is in both pod specs on the API server."""
+    image = os.environ.get("ELASTIC_GATEWAY_TEST_IMAGE") or "registry.example.org/coffea:2025.1"
+    k = make_k8s(
+        extra=f'c.ElasticBackend.profiles = {{"base": {{}}, "coffea": {{"image": {image!r}}}}}\n'
+    )
+    cluster = k.gw.new_cluster(profile="coffea")
+    cluster.scale(1)
+    wait_for(lambda: workers_of(cluster) == 1, timeout=90, what="a pod worker")
+    pods = [*k.pods(cluster, **SCHEDULER), *k.pods(cluster, **WORKER)]
+    assert len(pods) == 2
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {image}
+    assert k.gw.cluster_details(cluster.name)["environment"] == f"image {image}"
+    cluster.shutdown()
+    base = k.gw.new_cluster(profile="base")
+    [scheduler] = k.pods(base, **SCHEDULER)
+    assert scheduler["spec"]["containers"][0]["image"] != image  # the launcher's own
+    base.shutdown()

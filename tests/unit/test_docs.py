@@ -9,6 +9,7 @@ import pytest
 from traitlets.config import Config
 
 from gateway_backend.backend import ElasticBackend
+from gateway_backend.profiles import check_references, parse_profiles
 
 from ..docs_snippets import analyst_blocks, config_blocks
 
@@ -32,6 +33,9 @@ def test_every_config_snippet_in_the_docs_is_accepted_as_written(where, code):
     backend = ElasticBackend(config=config)
     backend._load_launchers()
     assert backend.pools.pools
+    # Profiles name pools and VOs that exist (their interpreters are the site's).
+    vos = list(backend.vos)
+    check_references(parse_profiles(backend.profiles), [p.name for p in backend.pools.pools], vos)
 
 
 def test_the_docs_have_config_and_notebook_snippets_to_check():

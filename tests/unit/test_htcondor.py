@@ -138,11 +138,48 @@ def test_the_vo_accounting_group_and_the_owner_are_charged(launcher, tmp_path):
     assert "accounting_group" not in description(launcher, facts=ClusterFacts(vo="cms"))
 
 
-def test_workers_dial_the_proxy_with_the_cluster_sni_and_no_nanny(launcher):
+def test_workers_dial_the_proxy_with_the_cluster_sni(launcher):
     args = description(launcher)["arguments"]
     assert "tls://gateway.example.org:443" in args
     assert "--scheduler-sni daskgateway-c0ffee" in args
-    assert "--no-nanny" in args and "--name $(worker_name)" in args
+    assert "--name $(worker_name)" in args
+
+
+def test_the_nanny_reaches_the_scheduler_by_the_proxy_sni_too(launcher, tmp_path):
+    argv = job_argv_tail(job_ad(description(launcher), tmp_path))
+    code = argv[argv.index("--preload-nanny") + 1]
+    assert "--no-nanny" not in argv
+    namespace: dict = {}
+    exec(code, namespace)  # the preload distributed runs in the Nanny
+    nanny = SimpleNamespace(connection_args={"ssl_context": "ctx"})
+    namespace["dask_setup"](nanny)
+    assert nanny.connection_args == {"ssl_context": "ctx", "server_hostname": "daskgateway-c0ffee"}
+
+
+def test_without_a_nanny_workers_say_so(launcher):
+    assert "--no-nanny" in description(launcher, nanny=False)["arguments"]
+
+
+def test_a_profile_image_replaces_the_pool_image(launcher):
+    profiled = cluster()
+    profiled.config = FrozenAttrDict(
+        {**profiled.config, "image": "/cvmfs/unpacked.cern.ch/coffea:2025", "profile": "coffea"}
+    )
+    desc = description(launcher, cluster_=profiled, container_image="docker://pool:1")
+    assert desc["+SingularityImage"] == '"/cvmfs/unpacked.cern.ch/coffea:2025"'
+
+
+def test_a_pool_without_containers_refuses_a_profile_image(launcher):
+    profiled = cluster()
+    profiled.config = FrozenAttrDict({**profiled.config, "image": "img:1", "profile": "coffea"})
+    with pytest.raises(UnsafeValue, match="container_mode = 'none'"):
+        description(launcher, cluster_=profiled, container_mode="none")
+
+
+def test_gpu_workers_request_gpus_and_advertise_the_dask_resource(launcher):
+    desc = description(launcher)
+    assert desc["request_gpus"] == "1"
+    assert "--resources GPU=1" in desc["arguments"]
 
 
 def test_credentials_travel_as_encrypted_files_never_inline(launcher):

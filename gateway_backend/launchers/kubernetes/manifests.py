@@ -203,10 +203,12 @@ def _container(
     command: list[str],
     env: Mapping[str, str],
     resources: dict,
+    image: str = "",
 ) -> dict[str, Any]:
     return {
         "name": name,
-        "image": settings.image,
+        # A profile's image (kept in the cluster's config), else the launcher's.
+        "image": image or settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": command,
         "env": [{"name": k, "value": str(v)} for k, v in env.items()],
@@ -267,7 +269,7 @@ def scheduler_pod(
     env["DASK_GATEWAY_API_TOKEN"] = _credentials_path(settings, TOKEN_FILE)
     config = cluster.config
     resources = _resources(settings, config.scheduler_cores, config.scheduler_memory)
-    container = _container(settings, SCHEDULER, cmd, env, resources)
+    container = _container(settings, SCHEDULER, cmd, env, resources, config.get("image", ""))
     ports = [
         {"name": name, "containerPort": port}
         for name, port in (
@@ -309,7 +311,7 @@ def worker_pod(
         settings, config.worker_cores, config.worker_memory, config.get("worker_gpus", 0)
     )
     container = merge(
-        _container(settings, WORKER, cmd, env, resources),
+        _container(settings, WORKER, cmd, env, resources, config.get("image", "")),
         settings.worker_extra_container_config,
     )
     volume = _credentials_volume(settings, cluster.name, [CERT_FILE, KEY_FILE])
