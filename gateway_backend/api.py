@@ -171,6 +171,35 @@ async def quota_messages(request: web.Request, handler) -> web.StreamResponse:
     return web.json_response({"ok": False, "msg": message})
 
 
+def _from_the_scheduler(request: web.Request, cluster: Cluster) -> bool:
+    """Whether the request carries the cluster's API token (only its scheduler has it)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "token" and hmac.compare_digest(
+        token.strip().encode(), cluster.token.encode()
+    )
+
+
+async def post_cluster_event(request: web.Request) -> web.Response:
+    """A cluster's scheduler reports a worker it cannot connect back to."""
+    views = _views(request)
+    cluster = views.get_cluster(request.match_info["cluster_name"])
+    if cluster is None:
+        raise web.HTTPNotFound(reason="Cluster not found")
+    if not _from_the_scheduler(request, cluster):
+        raise web.HTTPForbidden(reason="Only the cluster's scheduler reports its events")
+    body = await request.json()
+    fields = ("worker", "address", "error")
+    if body.get("kind") != "unreachable" or not all(isinstance(body.get(f), str) for f in fields):
+        return web.json_response(
+            {"error": "expected {kind: 'unreachable', worker, address, error} (strings)"},
+            status=422,
+        )
+    views.worker_unreachable(
+        cluster.name, body["worker"][:200], body["address"][:200], body["error"][:300]
+    )
+    return web.json_response({"ok": True})
+
+
 @web.middleware
 async def scheduler_stops(request: web.Request, handler) -> web.StreamResponse:
     """Tell the owner why a cluster stopped when its own scheduler asked for it.
@@ -179,14 +208,9 @@ async def scheduler_stops(request: web.Request, handler) -> web.StreamResponse:
     cluster's API token only when the cluster was idle for its ``idle_timeout``.
     """
     if request.method == "DELETE" and request.match_info.route.handler is routes.delete_cluster:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         views = _views(request)
         cluster = views.get_cluster(request.match_info["cluster_name"])
-        if (
-            cluster is not None
-            and scheme.lower() == "token"
-            and hmac.compare_digest(token.strip().encode(), cluster.token.encode())
-        ):
+        if cluster is not None and _from_the_scheduler(request, cluster):
             views.note_scheduler_stop(cluster.name)
     return await handler(request)
 
@@ -198,6 +222,7 @@ def add_routes(app: web.Application, views: GatewayViews) -> None:
     app.router.add_get(PREFIX + "/clusters/{cluster_name}", get_cluster_details)
     app.router.add_get(PREFIX + "/quota", get_quota)
     app.router.add_get(PREFIX + "/profiles", get_profiles)
+    app.router.add_post(PREFIX + "/clusters/{cluster_name}/events", post_cluster_event)
     app.router.add_get(PREFIX + "/metrics", get_metrics)
     app.middlewares.append(refuse_malformed_requests)
     app.middlewares.append(quota_messages)

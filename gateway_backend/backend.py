@@ -46,6 +46,7 @@ from .quotas import holds_resources
 from .records import create_workers
 from .restart import reconcile_after_restart
 from .scale_down import PoolOrderScaleDown
+from .usertext import one_line
 from .views import GatewayViews
 
 
@@ -155,6 +156,7 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
             metrics_api_token=self.metrics_api_token,
             profiles=self.profile_book,
             note_scheduler_stop=self.note_scheduler_stop,
+            worker_unreachable=self.worker_unreachable,
         )
         api.add_routes(app, views)
         await super().setup(app)
@@ -223,6 +225,33 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
         cluster = self.db.get_cluster(cluster_name)
         if cluster is not None and cluster.target == JobStatus.RUNNING:
             self._note_stop_reason(cluster, idle_stop_reason(cluster))
+
+    def worker_unreachable(self, cluster_name: str, worker: str, address: str, error: str) -> None:
+        """The scheduler removed a worker it cannot connect to: say what to open or set.
+
+        Replacements would meet the same wall: after ``worker_start_failure_limit``
+        such workers the cluster fails with the reason instead of retrying forever.
+        """
+        cluster = self.db.get_cluster(cluster_name)
+        if cluster is None or cluster.target != JobStatus.RUNNING:
+            return
+        record = cluster.workers.get(worker)
+        pool = self.pools.pool_of(record) if record is not None else None
+        hint = pool.launcher.reachability_hint(address) if pool else ""
+        where = f" in pool {pool.name}" if pool else ""
+        reason = one_line(
+            f"worker {worker}{where} at {address} cannot be reached from the scheduler "
+            f"({error}), so it was removed: {hint}"
+        )
+        self._record_worker_failure(cluster, reason, count=False)
+        unreachable = cluster.state.get("unreachable_workers", 0) + 1
+        self.db.update_cluster(cluster, state={**cluster.state, "unreachable_workers": unreachable})
+        if unreachable >= self.worker_start_failure_limit:
+            self._fail_cluster(
+                cluster,
+                f"{unreachable} workers could not be reached from the scheduler "
+                f"(limit ElasticBackend.worker_start_failure_limit); last: {reason}",
+            )
 
     def _note_stop_reason(self, cluster: Cluster, reason: str) -> None:
         self.log.info("Cluster %s: %s", cluster.name, reason)

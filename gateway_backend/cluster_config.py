@@ -37,6 +37,18 @@ class ElasticClusterConfig(ClusterConfig):
         config=True,
     )
 
+    worker_reachability_timeout = Float(
+        5,
+        min=0,
+        help="""
+        Seconds the scheduler waits to open a connection back to a worker that
+        registered. A worker it cannot reach (a firewall or NAT between them) is
+        removed, and the analyst reads which address and port to open, or
+        which setting to change (``docs/networking.md``). 0: no check.
+        """,
+        config=True,
+    )
+
     profile = Unicode(
         "", help="The profile the cluster was created with (set from the cluster options)."
     )

@@ -8,6 +8,8 @@ and TLS material is always passed as file paths.
 
 from __future__ import annotations
 
+import inspect
+from functools import cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -17,8 +19,17 @@ CERT_FILE = "dask.crt"
 KEY_FILE = "dask.pem"
 
 
+@cache
+def scheduler_checks_source() -> str:
+    """The text of ``scheduler_checks``, a preload the scheduler runs wherever it runs."""
+    from . import scheduler_checks
+
+    return inspect.getsource(scheduler_checks)
+
+
 def scheduler_command(cluster: Cluster, *, host: str, heartbeat_period: float) -> list[str]:
-    """The scheduler command, with the dask-gateway preload that heartbeats to the API."""
+    """The scheduler command, with the dask-gateway preload that heartbeats to the API
+    and ours that checks every worker can be reached from the scheduler."""
     config = cluster.config
     return [
         *config.scheduler_cmd,
@@ -40,6 +51,8 @@ def scheduler_command(cluster: Cluster, *, host: str, heartbeat_period: float) -
         str(config.adaptive_period),
         "--dg-idle-timeout",
         str(config.idle_timeout),
+        "--preload",
+        scheduler_checks_source(),
     ]
 
 
@@ -104,8 +117,10 @@ def _common_env(cluster: Cluster) -> dict[str, str]:
 def scheduler_env(cluster: Cluster, *, api_url: str, cert_path: str, key_path: str) -> dict:
     """Environment of the scheduler: gateway API access plus its TLS file paths."""
     env = _common_env(cluster)
+    timeout = getattr(cluster.config, "worker_reachability_timeout", 5)
     env.update(
         {
+            "ELASTIC_GATEWAY_REACHABILITY_TIMEOUT": str(timeout),
             "DASK_GATEWAY_API_URL": api_url,
             "DASK_GATEWAY_API_TOKEN": cluster.token,
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert_path,

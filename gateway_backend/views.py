@@ -37,3 +37,5 @@ class GatewayViews:
     profiles: ProfileBook
     note_scheduler_stop: Callable[[str], None]
     """A cluster's scheduler asked the API to stop its cluster (for the owner's events)."""
+    worker_unreachable: Callable[[str, str, str, str], None]
+    """(cluster, worker, address, error): the scheduler cannot connect back to a worker."""

@@ -159,6 +159,9 @@ class Launcher(LoggingConfigurable):
     ``remove_unknown(known)``
         Once after a restart: remove what runs for this gateway without a
         record in ``known``; returns how many things were removed.
+    ``reachability_hint(address)``
+        When the scheduler cannot connect back to one of this launcher's
+        workers: the setting or firewall rule to change, for the event.
     """
 
     kind: ClassVar[str] = ""
@@ -176,6 +179,14 @@ class Launcher(LoggingConfigurable):
         self, username: str, options: Mapping[str, Any], config: Any, facts: ClusterFacts
     ) -> None:
         """Raise ``ValueError`` to refuse a cluster this launcher could not run as asked."""
+
+    def reachability_hint(self, address: str) -> str:
+        """What the analyst (or admin) can do when a worker of this launcher at
+        ``address`` cannot be reached from its scheduler."""
+        return (
+            "workers must accept connections from the scheduler and from each other "
+            "(docs/networking.md)"
+        )
 
     # -- schedulers ---------------------------------------------------------
     def start_scheduler(self, cluster: Cluster) -> AsyncIterator[dict[str, Any]]:

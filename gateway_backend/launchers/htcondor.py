@@ -310,6 +310,7 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
             args += nanny_sni_preload(proxy_sni(cluster))
         else:
             args.append("--no-nanny")
+        args += self.network_args()
         args += list(self.worker_extra_args)
         logs = os.path.join(self.cluster_directory(cluster), "logs")
         desc = {
@@ -361,6 +362,19 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
             desc["accounting_group_user"] = user
         desc.update({k: str(v) for k, v in self.extra_submit.items()})
         return desc
+
+    def reachability_hint(self, address: str) -> str:
+        port = address.rsplit(":", 1)[-1]
+        ports = (
+            f"the range HTCondorLauncher.worker_ports = {self.worker_ports!r}"
+            if self.worker_ports
+            else "any port: set HTCondorLauncher.worker_ports to a range the site opens"
+        )
+        return (
+            f"the execute nodes must accept TCP on port {port} ({ports}) from the scheduler "
+            "and from other workers; behind NAT, set HTCondorLauncher.contact_host to the "
+            "address that reaches them (docs/networking.md)"
+        )
 
     # -- workers --------------------------------------------------------------------------
     async def start_workers(

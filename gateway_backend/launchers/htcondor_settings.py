@@ -25,9 +25,10 @@ from traitlets import (
 from traitlets.config import Configurable
 
 from .htcondor_quoting import UnsafeValue, arguments_value, check_literal, environment_value
+from .worker_network import WorkerNetworkSettings
 
 
-class HTCondorSettings(Configurable):
+class HTCondorSettings(WorkerNetworkSettings, Configurable):
     """Schedd, job, lease and accounting settings of ``HTCondorLauncher``."""
 
     schedd_name = Unicode(

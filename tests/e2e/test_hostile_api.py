@@ -308,3 +308,19 @@ def test_no_secret_in_argv_environments_logs_or_world_readable_files(gw, gateway
             assert not mode & 0o004, f"{path} is world-readable ({oct(mode)})"
     finally:
         cluster.shutdown()
+
+
+def test_only_a_clusters_scheduler_may_report_its_events(gateways):
+    gateway = gateways.start(GROUPS_AUTH)
+    status, body = create(gateway, {})
+    assert status == 201
+    events = f"/api/elastic/v1/clusters/{body['name']}/events"
+    finding = {"kind": "unreachable", "worker": "w", "address": "tls://1.2.3.4:5", "error": "x"}
+    # The owner (Basic auth), a guessed token, another cluster's name: never accepted.
+    status, answer = http(gateway, "POST", events, finding, "alice")
+    assert status == 403 and "Only the cluster's scheduler" in answer.get("error", str(answer))
+    guessed = json.dumps(finding).encode()
+    assert raw(gateway, "POST", events, guessed, {"Authorization": "token guess"})[0] == 403
+    assert http(gateway, "POST", f"/api/elastic/v1/clusters/{'0' * 32}/events", finding)[0] == 404
+    details = http(gateway, "GET", f"/api/elastic/v1/clusters/{body['name']}", username="alice")
+    assert not any("cannot be reached" in e["message"] for e in details[1]["events"])

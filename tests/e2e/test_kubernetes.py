@@ -75,7 +75,16 @@ class K8sGateway:
         self.gw = None
 
     def start(
-        self, *, cpu="16", max_pods=50, drop=None, via_proxy=False, extra="", start_delay=0.0
+        self,
+        *,
+        cpu="16",
+        max_pods=50,
+        drop=None,
+        via_proxy=False,
+        extra="",
+        start_delay=0.0,
+        pod_network=None,
+        port=None,
     ) -> K8sGateway:
         self.ns = TestNamespace(self.env, self.tmp).create(drop=drop)
         if self.env.local:
@@ -86,13 +95,14 @@ class K8sGateway:
                 cpu=cpu,
                 max_pods=max_pods,
                 start_delay=start_delay,
+                pod_network=pod_network,
             ).start()
         server = None
         if via_proxy:
             self.proxy = CuttableProxy(("127.0.0.1", self.env.cp.apiserver_port))
             server = self.proxy.url
         self.kubeconfig = self.ns.gateway_kubeconfig(server)
-        self.port = free_port()
+        self.port = port or free_port()
         self.gateway = self.gateways.start(self.config(extra), port=self.port)
         self.gw = self.gateways.client(self.gateway)
         return self

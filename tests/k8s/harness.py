@@ -236,8 +236,14 @@ class ProcessKubelet:
         memory: str = "64Gi",
         max_pods: int = 50,
         start_delay: float = 0.0,
+        pod_network: tuple[str, str] | None = None,
     ) -> None:
+        """``pod_network``: (network namespace, its address) the pods run in."""
         assert env.cp is not None, "the process kubelet needs the local control plane"
+        self.pod_env = {}
+        if pod_network is not None:
+            netns, ip = pod_network
+            self.pod_env = {"PROCESS_KUBELET_POD_NETNS": netns, "PROCESS_KUBELET_POD_IP": ip}
         self.env = env
         self.namespace = namespace
         self.node = f"eg-node-{uuid.uuid4().hex[:8]}"
@@ -275,7 +281,11 @@ class ProcessKubelet:
         with open(self.log_path, "ab") as log:
             # Own session, and killed with this process if it dies without stopping us.
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_preexec()
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=child_preexec(),
+                env={**os.environ, **self.pod_env},
             )
         deadline = time.monotonic() + timeout
         while not ready.exists():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -13,7 +14,10 @@ from tests.k8s.kubeclient import Kube, KubeError
 
 log = logging.getLogger("kubelet")
 #: Every pod shares the host network, and the Node's address is this too.
-LOCAL_IP = "127.0.0.1"
+# Pods share one network: the host's (127.0.0.1), or a namespace of a networking test,
+# whose address the harness passes here (its pods then run in that namespace).
+LOCAL_IP = os.environ.get("PROCESS_KUBELET_POD_IP", "127.0.0.1")
+POD_NETNS = os.environ.get("PROCESS_KUBELET_POD_NETNS", "")
 TERMINAL = ("Succeeded", "Failed")
 MERGE = "application/merge-patch+json"
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tests.k8s.kubeclient import Kube, KubeError
 
-from .api import LOCAL_IP, now
+from .api import LOCAL_IP, POD_NETNS, now
 
 log = logging.getLogger("kubelet")
 
@@ -250,6 +250,8 @@ class PodRunner:
             raise RuntimeError("the process kubelet needs an explicit command (it ignores images)")
         env = await self.container_env(c, mounts)
         command = [self.map_path(self.expand(a, env), mounts) for a in command]
+        if POD_NETNS:
+            command = ["ip", "netns", "exec", POD_NETNS, *command]
         cwd = self.map_path(c.get("workingDir") or "", mounts) or str(self.dir)
         base = {
             "PATH": os.pathsep.join(

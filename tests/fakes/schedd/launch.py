@@ -103,12 +103,14 @@ def start_standin(
     client_timeout: float = 10.0,
     ready_timeout: float = 20.0,
     extra_args: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
 ) -> Iterator[Standin]:
     """Run a stand-in schedd daemon for the duration of a ``with`` block.
 
     The daemon, and every job it started, is stopped on exit even when the block raises;
     its log is ``<tmp_path>/standin/standin.log``.  The daemon also exits by itself if this
-    process dies (``--exit-with-pid``).
+    process dies (``--exit-with-pid``). ``wrapper`` runs the daemon, and so its jobs, under
+    a command such as ``ip netns exec <execute-node>`` (a host of its own on the network).
     """
     workdir = Path(tmp_path).absolute() / "standin"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +123,7 @@ def start_standin(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     cmd = [
+        *wrapper,
         sys.executable,
         "-m",
         f"{package}.daemon",
