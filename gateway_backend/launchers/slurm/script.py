@@ -1,0 +1,233 @@
+"""Worker batch scripts: ``#SBATCH`` directives from checked values, a body of quoted words.
+
+Injection is ruled out by construction. Directive values are admin settings or
+gateway-made names, each matched against a narrow pattern (no blank, quote, ``%``
+or line break, so nothing can end a directive or start another). Everything that
+may come from a user (environment values, the command, the owner's name) lands
+only in the body, after the first command, where sbatch reads no directive, and
+there as a single-quoted shell word (``shlex.quote``), or percent-encoded.
+
+The job array's tasks are the batch's workers: task ``i`` runs worker
+``names[i]``, and the job's comment lists the names, so a status query alone
+tells which worker each task is (also after a gateway restart).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+COMMENT_TAG = "eg1"
+
+#: Stands for the worker's name in its command line until the script is written.
+WORKER_NAME = "\0worker_name\0"
+
+_WORD = re.compile(r"[A-Za-z0-9_.:+@-]{1,128}")
+_CONSTRAINT = re.compile(r"[A-Za-z0-9_.,:&|()\[\]*!@+-]{1,512}")
+_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE")
+_PATH = re.compile(r"/[A-Za-z0-9_./+@:-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class UnsafeValue(ValueError):
+    """A value that cannot be passed on to Slurm exactly as given."""
+
+
+def check_word(
+    value: str, what: str, *, empty: bool = False, constraint: bool = False, time: bool = False
+) -> str:
+    """A directive value: one word of a narrow alphabet (no blank, quote, ``%``, newline)."""
+    if empty and value == "":
+        return value
+    pattern = _TIME if time else _CONSTRAINT if constraint else _WORD
+    if not pattern.fullmatch(value):
+        allowed = (
+            "Slurm's time format (D-HH:MM:SS)"
+            if time
+            else "letters, digits and _ . , : & | ( ) [ ] * ! @ + -"
+            if constraint
+            else "letters, digits and _ . : + @ - (at most 128)"
+        )
+        raise UnsafeValue(f"{what} {value!r} may only hold {allowed}")
+    return value
+
+
+def check_directive(value: str) -> str:
+    """An admin's extra ``#SBATCH`` option: starts with ``-``, one printable line."""
+    if not value.startswith("-") or not value.isprintable():
+        raise UnsafeValue(
+            f"extra sbatch option {value!r} must start with '-' and be one printable line"
+        )
+    return value
+
+
+def check_path(value: str, what: str) -> str:
+    """A path in a directive (``--output``): absolute, no blank, ``%`` (a pattern) or quote."""
+    if not _PATH.fullmatch(value):
+        raise UnsafeValue(
+            f"{what} {value!r} must be an absolute path of letters, digits and _ . / + @ : -"
+        )
+    return value
+
+
+def check_env_name(name: str) -> str:
+    if not _ENV_NAME.fullmatch(name):
+        raise UnsafeValue(f"environment variable name {name!r} is not a shell variable name")
+    return name
+
+
+def check_name(value: str, what: str) -> str:
+    """A gateway-made name (cluster, worker): letters, digits, ``_`` and ``-``."""
+    if not _NAME.fullmatch(value):
+        raise UnsafeValue(f"{what} {value!r} is not a plain name")
+    return value
+
+
+def shell_word(value: str, what: str) -> str:
+    """``value`` as one single-quoted shell word; bash words cannot hold a NUL byte."""
+    if "\0" in value:
+        raise UnsafeValue(f"{what} contains a NUL character, which a shell cannot pass on")
+    return shlex.quote(value)
+
+
+def job_comment(gateway_id: str, cluster: str, username: str, workers: Sequence[str]) -> str:
+    """``eg1;<gateway>;<cluster>;<owner, percent-encoded>;<worker>,<worker>...``."""
+    owner = urllib.parse.quote(username, safe="")[:200]
+    names = ",".join(check_name(w, "worker name") for w in workers)
+    return ";".join([COMMENT_TAG, gateway_id, check_name(cluster, "cluster name"), owner, names])
+
+
+def parse_comment(comment: str, gateway_id: str) -> tuple[str, list[str]] | None:
+    """(cluster, worker names) of a job this gateway submitted, else None."""
+    parts = comment.split(";")
+    if len(parts) != 5 or parts[0] != COMMENT_TAG or parts[1] != gateway_id:
+        return None
+    return parts[2], parts[4].split(",")
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """Everything one batch script says, already resolved from settings and the cluster."""
+
+    job_name: str
+    comment: str
+    workers: Sequence[str]
+    stage: str  # the cluster's private staging directory (TLS files, lease, logs)
+    cores: int
+    memory_bytes: int
+    gpus: int
+    environment: Mapping[str, str]
+    command: Sequence[str]  # WORKER_NAME stands for the worker's name
+    lease_duration: float
+    options: Mapping[str, str]  # partition, account, qos, constraint, time (checked words)
+    extra: Sequence[str] = ()
+    gpu_gres: str = "gpu"
+
+
+def directives(job: WorkerJob) -> list[str]:
+    """The ``#SBATCH`` lines: checked words only."""
+    lines = [
+        f"--job-name={check_word(job.job_name, 'job name')}",
+        f"--comment={job.comment}",
+        f"--array=0-{len(job.workers) - 1}",
+        "--export=NONE",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={max(1, int(job.cores))}",
+        f"--mem={max(1, math.ceil(int(job.memory_bytes) / 2**20))}M",
+        f"--chdir={check_path(job.stage, 'staging directory')}",
+        f"--output={job.stage}/logs/slurm-%A_%a.out",
+    ]
+    if job.gpus:
+        lines.append(f"--gres={check_word(job.gpu_gres, 'gpu_gres')}:{int(job.gpus)}")
+    for option, value in job.options.items():
+        if value:
+            checked = check_word(
+                value, option, constraint=option == "constraint", time=option == "time"
+            )
+            lines.append(f"--{option}={checked}")
+    lines += [check_directive(d) for d in job.extra]
+    return [f"#SBATCH {line}" for line in lines]
+
+
+def _command_words(command: Sequence[str]) -> str:
+    return " ".join(
+        '"$name"' if arg == WORKER_NAME else shell_word(arg, "an argument of the worker command")
+        for arg in command
+    )
+
+
+BODY = """\
+# Elastic Gateway worker job: task i of this array runs worker names[i]. No secret is
+# written here: the TLS files are copied from the cluster's private staging directory.
+set -u
+umask 077
+names=({names})
+name=${{names[$SLURM_ARRAY_TASK_ID]}}
+stage={stage}
+lease_seconds={lease}
+lease_check={check}
+fresh() {{
+    local mtime
+    mtime=$(stat -c %Y -- "$stage/lease" 2>/dev/null) || return 1
+    [ $(( $(date +%s) - mtime )) -le "$lease_seconds" ]
+}}
+if ! fresh; then
+    echo "elastic-gateway: the gateway's lease lapsed before worker $name started; ending" >&2
+    exit 0
+fi
+creds=$(mktemp -d "${{TMPDIR:-/tmp}}/elastic-gateway.XXXXXXXX") || exit 1
+worker=
+cleanup() {{
+    if [ -n "$worker" ]; then kill -TERM "$worker" 2>/dev/null; wait "$worker"; fi
+    rm -rf -- "$creds"
+}}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
+cp -- "$stage/dask.crt" "$stage/dask.pem" "$creds/" || exit 1
+cd -- "$creds" || exit 1
+(
+{exports}
+exec {command}
+) &
+worker=$!
+waited=0
+while kill -0 "$worker" 2>/dev/null; do
+    sleep 1
+    waited=$((waited + 1))
+    if [ "$waited" -ge "$lease_check" ]; then
+        waited=0
+        if ! fresh; then
+            echo "elastic-gateway: lease lapsed (not renewed for ${{lease_seconds}}s:" \\
+                "the gateway is gone); stopping worker $name" >&2
+            exit 0
+        fi
+    fi
+done
+wait "$worker"
+status=$?
+worker=
+exit "$status"
+"""
+
+
+def render(job: WorkerJob) -> str:
+    """The whole batch script of one job array."""
+    exports = "\n".join(
+        f"export {check_env_name(k)}={shell_word(str(v), f'environment variable {k}')}"
+        for k, v in job.environment.items()
+    )
+    body = BODY.format(
+        names=" ".join(check_name(w, "worker name") for w in job.workers),
+        stage=shlex.quote(job.stage),
+        lease=max(1, int(job.lease_duration)),
+        check=max(1, min(30, int(job.lease_duration // 4))),
+        exports=exports,
+        command=_command_words(job.command),
+    )
+    return "\n".join(["#!/bin/bash", *directives(job), body])
