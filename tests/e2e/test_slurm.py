@@ -60,7 +60,7 @@ class SlurmPool:
 
     def tasks(self, cluster: str | None = None):
         """This gateway's active array tasks (of one cluster), by worker name."""
-        return self.slurm.tasks(self.gateway_id, cluster)
+        return self.slurm.tasks(self.gateway_id, self.staging, cluster)
 
     def states(self, cluster: str | None = None) -> dict[str, str]:
         return {name: task.state for name, task in self.tasks(cluster).items()}
@@ -264,7 +264,7 @@ def test_a_restarted_gateway_adopts_its_jobs_cancels_strays_and_the_lease_ends_t
         [
             "#!/bin/bash",
             f"#SBATCH --job-name={pool.gateway_id}",
-            f"#SBATCH --comment=eg1;{pool.gateway_id};{name};x;strayworker",
+            f"#SBATCH --comment=eg1;{pool.gateway_id};{name};x;{'0' * 16}",
             "#SBATCH --array=0-0 --partition=parked --output=/dev/null",
             "sleep 300",
         ]
@@ -272,12 +272,12 @@ def test_a_restarted_gateway_adopts_its_jobs_cancels_strays_and_the_lease_ends_t
     with tempfile.NamedTemporaryFile("w", suffix=".sh") as f:
         f.write(stray)
         f.flush()
-        pool.slurm.run("sbatch", "--parsable", f.name)
-    assert set(pool.tasks(name)) == {*jobs, "strayworker"}
+        stray_id = pool.slurm.run("sbatch", "--parsable", f.name).strip() + "_0"
+    assert set(pool.tasks(name)) == {*jobs, f"unknown:{stray_id}"}
 
     pool.gateway.start()
     pool.gw = pool.gw.__class__(pool.gateway.address, auth=pool.gw.auth)
-    wait_for(lambda: "strayworker" not in pool.tasks(name), what="the stray job cancelled")
+    wait_for(lambda: set(pool.tasks(name)) == set(jobs), what="the stray job cancelled")
     time.sleep(3)  # a few status periods: the recorded jobs are adopted, not replaced
     assert {n: t.job_id for n, t in pool.tasks(name).items()} == {
         n: t.job_id for n, t in jobs.items()

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -54,13 +55,23 @@ class Slurm:
         """Every array task named ``gateway_id`` (ended ones included, as squeue keeps them)."""
         return job_records(json.loads(self.run("squeue", "--json")), gateway_id)
 
-    def tasks(self, gateway_id: str, cluster: str | None = None) -> dict[str, JobRecord]:
-        """Active tasks of a gateway (of one cluster), by worker name."""
+    def tasks(
+        self, gateway_id: str, staging: Path, cluster: str | None = None
+    ) -> dict[str, JobRecord]:
+        """Active tasks of a gateway (of one cluster), by worker name.
+
+        Names come from the batch files in the gateway's ``staging`` directory; a
+        task without one is listed as ``unknown:<job id>``.
+        """
         out = {}
         for record in self.records(gateway_id):
             parsed = parse_comment(record.comment, gateway_id)
-            if record.active and parsed and (cluster is None or parsed[0] == cluster):
-                out[parsed[1][record.task]] = record
+            if not (record.active and parsed and (cluster is None or parsed[0] == cluster)):
+                continue
+            batch = staging / parsed[0] / "batches" / parsed[1]
+            names = batch.read_text().split() if batch.exists() else []
+            key = names[record.task] if record.task < len(names) else f"unknown:{record.job_id}"
+            out[key] = record
         return out
 
     def cancel_all(self, gateway_id: str) -> None:

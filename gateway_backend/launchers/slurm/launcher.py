@@ -10,11 +10,16 @@ system the compute nodes share) holds its TLS files and a lease file the gateway
 touches every period; a job whose lease lapsed stops its worker, so jobs end by
 themselves when the gateway is gone. Workers reach their scheduler through the
 gateway proxy's TLS address with SNI ``daskgateway-<cluster>``.
+
+Slurm keeps 1024 characters of a comment, too few for a big array's worker
+names: the comment names a batch, and ``<staging>/<cluster>/batches/<batch>``
+lists its workers (written before ``sbatch``, read once per batch).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +42,7 @@ from ..base import (
     Phase,
     log_tail,
 )
-from ..staging import write_credentials
+from ..staging import write_credentials, write_private_file
 from .client import JobRecord, SlurmClient, SlurmRefused
 from .script import WORKER_NAME, WorkerJob, check_word, job_comment, parse_comment, render
 from .settings import SlurmSettings
@@ -73,6 +78,7 @@ class SlurmLauncher(SlurmSettings, Launcher):
         os.chmod(self.staging_directory, 0o700)
         self.client = SlurmClient(self.bin_directory, self.slurm_conf, self.command_timeout)
         self.jobs: dict[str, JobInfo] = {}  # worker name -> its task, from the last query
+        self._batches: dict[tuple[str, str], list[str]] = {}  # (cluster, batch) -> workers
         self.cache_time = 0.0  # when the cache was last refreshed successfully
         self.slurm_error = ""  # the last failure to reach slurmctld, cleared on success
         self._cancels: list[str] = []  # job ids whose scancel must be retried
@@ -134,17 +140,21 @@ class SlurmLauncher(SlurmSettings, Launcher):
         started = time.time()
         records = await self.client.jobs(self.gateway_id)
         jobs = {}
+        unnamed = []  # tasks of this gateway whose worker cannot be told: strays
         for record in records:
             parsed = parse_comment(record.comment, self.gateway_id)
-            if parsed is None or record.task >= len(parsed[1]):
+            if parsed is None:
                 continue
-            cluster, names = parsed
-            jobs[names[record.task]] = JobInfo(cluster, names[record.task], record)
+            names = self.batch_workers(*parsed)
+            if record.task < len(names):
+                jobs[names[record.task]] = JobInfo(parsed[0], names[record.task], record)
+            elif record.active:
+                unnamed.append(record.job_id)
         self.jobs = jobs
         self.cache_time = started
         self.slurm_error = ""
         known = self.context.known_records() if known is None else known
-        stray = [
+        stray = unnamed + [
             info.record.job_id
             for info in jobs.values()
             if info.record.active and info.worker not in known.workers
@@ -170,10 +180,23 @@ class SlurmLauncher(SlurmSettings, Launcher):
     def cluster_directory(self, cluster_name: str) -> str:
         return os.path.join(self.staging_directory, cluster_name)
 
+    def batch_workers(self, cluster_name: str, batch: str) -> list[str]:
+        """The worker names of one job array, from memory or its file (empty: unknown)."""
+        key = (cluster_name, batch)
+        if key not in self._batches:
+            path = os.path.join(self.cluster_directory(cluster_name), "batches", batch)
+            try:
+                with open(path) as f:
+                    self._batches[key] = f.read().split()
+            except OSError:
+                return []  # not (or no longer) staged here: the job's workers are unknown
+        return self._batches[key]
+
     def _stage(self, cluster: Cluster) -> str:
         """The cluster's private directory: TLS files, a fresh lease, a log directory."""
         directory = self.cluster_directory(cluster.name)
-        os.makedirs(os.path.join(directory, "logs"), mode=0o700, exist_ok=True)
+        for sub in ("logs", "batches"):
+            os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         write_credentials(cluster, directory)
         lease = os.path.join(directory, "lease")
@@ -192,7 +215,7 @@ class SlurmLauncher(SlurmSettings, Launcher):
         return check_word(account, f"the Slurm account of VO {facts.vo}", empty=True)
 
     def worker_job(
-        self, cluster: Cluster, workers: Sequence[str], facts: ClusterFacts
+        self, cluster: Cluster, workers: Sequence[str], facts: ClusterFacts, batch: str
     ) -> WorkerJob:
         """What the batch script of ``workers`` of ``cluster`` says, from settings and config."""
         config = cluster.config
@@ -214,7 +237,7 @@ class SlurmLauncher(SlurmSettings, Launcher):
         args += [str(a) for a in self.worker_extra_args]
         return WorkerJob(
             job_name=self.gateway_id,
-            comment=job_comment(self.gateway_id, cluster.name, cluster.username, workers),
+            comment=job_comment(self.gateway_id, cluster.name, cluster.username, batch),
             workers=list(workers),
             stage=self.cluster_directory(cluster.name),
             cores=int(config.worker_cores),
@@ -246,7 +269,7 @@ class SlurmLauncher(SlurmSettings, Launcher):
         if hasattr(config, "to_dict"):
             config = FrozenAttrDict(config.to_dict())
         probe = SimpleNamespace(name="0" * 32, username=username, options=options, config=config)
-        render(self.worker_job(probe, ["0" * 32], facts))
+        render(self.worker_job(probe, ["0" * 32], facts, "0" * 16))
 
     # -- workers --------------------------------------------------------------------------
     async def start_workers(
@@ -259,7 +282,11 @@ class SlurmLauncher(SlurmSettings, Launcher):
         step = max(1, self.max_array_size)
         for first in range(0, len(names), step):
             chunk = names[first : first + step]
-            script = render(self.worker_job(cluster, chunk, facts))
+            batch = secrets.token_hex(8)
+            script = render(self.worker_job(cluster, chunk, facts, batch))
+            path = os.path.join(self.cluster_directory(cluster.name), "batches", batch)
+            write_private_file(path, "\n".join(chunk).encode())
+            self._batches[(cluster.name, batch)] = chunk
             try:
                 array_id = await self.client.submit(script)
             except SlurmRefused as exc:
@@ -286,6 +313,8 @@ class SlurmLauncher(SlurmSettings, Launcher):
             await self._cancel(sorted(arrays))
         finally:
             shutil.rmtree(self.cluster_directory(cluster.name), ignore_errors=True)
+            for key in [k for k in self._batches if k[0] == cluster.name]:
+                del self._batches[key]
 
     def _why(self, worker: Worker) -> str:
         """The last line the job wrote, if its log is still there."""

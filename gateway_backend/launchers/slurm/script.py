@@ -5,11 +5,13 @@ gateway-made names, each matched against a narrow pattern (no blank, quote, ``%`
 or line break, so nothing can end a directive or start another). Everything that
 may come from a user (environment values, the command, the owner's name) lands
 only in the body, after the first command, where sbatch reads no directive, and
-there as a single-quoted shell word (``shlex.quote``), or percent-encoded.
+there as a quoted shell word on one line (``shell_word``), or percent-encoded.
 
 The job array's tasks are the batch's workers: task ``i`` runs worker
-``names[i]``, and the job's comment lists the names, so a status query alone
-tells which worker each task is (also after a gateway restart).
+``names[i]``. Slurm keeps at most 1024 characters of a comment, so the comment
+names the cluster and a batch id, and the batch's worker names are kept in a
+file of the cluster's staging directory (``batches/<id>``), which a restarted
+gateway reads to tell which worker each task is.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ _TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE")
 _PATH = re.compile(r"/[A-Za-z0-9_./+@:-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BATCH = re.compile(r"[0-9a-f]{16}")
+_COMMENT = re.compile(r"[A-Za-z0-9_.:+@%;~-]{1,1024}")
 
 
 class UnsafeValue(ValueError):
@@ -89,25 +93,57 @@ def check_name(value: str, what: str) -> str:
 
 
 def shell_word(value: str, what: str) -> str:
-    """``value`` as one single-quoted shell word; bash words cannot hold a NUL byte."""
+    """``value`` as one quoted bash word, on one line of the script.
+
+    Printable text is single-quoted (``shlex.quote``). Text with a line break or
+    another control character becomes an ANSI-C word (``$'...'``) whose bytes
+    outside printable ASCII are ``\\xHH``: no user text ever starts a line of the
+    script, so not even a ``#SBATCH`` line below the first command can appear.
+    Bash words cannot hold a NUL byte: refused.
+    """
     if "\0" in value:
         raise UnsafeValue(f"{what} contains a NUL character, which a shell cannot pass on")
-    return shlex.quote(value)
+    if value.isprintable():
+        return shlex.quote(value)
+    out = []
+    for byte in value.encode("utf-8", "surrogateescape"):
+        char = chr(byte)
+        out.append(char if 0x20 <= byte < 0x7F and char not in "\\'" else f"\\x{byte:02x}")
+    return "$'" + "".join(out) + "'"
 
 
-def job_comment(gateway_id: str, cluster: str, username: str, workers: Sequence[str]) -> str:
-    """``eg1;<gateway>;<cluster>;<owner, percent-encoded>;<worker>,<worker>...``."""
+def job_comment(gateway_id: str, cluster: str, username: str, batch: str) -> str:
+    """``eg1;<gateway>;<cluster>;<owner, percent-encoded>;<batch>``, within Slurm's 1024.
+
+    ``batch`` names the file in the cluster's staging directory that lists the
+    array's worker names (a comment could hold only ~25 of them).
+    """
     owner = urllib.parse.quote(username, safe="")[:200]
-    names = ",".join(check_name(w, "worker name") for w in workers)
-    return ";".join([COMMENT_TAG, gateway_id, check_name(cluster, "cluster name"), owner, names])
+    check_name(cluster, "cluster name")
+    return ";".join([COMMENT_TAG, gateway_id, cluster, owner, check_batch(batch)])
 
 
-def parse_comment(comment: str, gateway_id: str) -> tuple[str, list[str]] | None:
-    """(cluster, worker names) of a job this gateway submitted, else None."""
+def check_comment(comment: str) -> str:
+    """A comment as ``job_comment`` makes them: one word, at most Slurm's 1024 characters."""
+    if not _COMMENT.fullmatch(comment):
+        raise UnsafeValue(f"job comment {comment!r} is not one word of at most 1024 characters")
+    return comment
+
+
+def check_batch(batch: str) -> str:
+    if not _BATCH.fullmatch(batch):
+        raise UnsafeValue(f"batch id {batch!r} is not 16 hexadecimal digits")
+    return batch
+
+
+def parse_comment(comment: str, gateway_id: str) -> tuple[str, str] | None:
+    """(cluster, batch) of a job this gateway submitted, else None."""
     parts = comment.split(";")
     if len(parts) != 5 or parts[0] != COMMENT_TAG or parts[1] != gateway_id:
         return None
-    return parts[2], parts[4].split(",")
+    if not _NAME.fullmatch(parts[2]) or not _BATCH.fullmatch(parts[4]):
+        return None
+    return parts[2], parts[4]
 
 
 @dataclass(frozen=True)
@@ -133,7 +169,7 @@ def directives(job: WorkerJob) -> list[str]:
     """The ``#SBATCH`` lines: checked words only."""
     lines = [
         f"--job-name={check_word(job.job_name, 'job name')}",
-        f"--comment={job.comment}",
+        f"--comment={check_comment(job.comment)}",
         f"--array=0-{len(job.workers) - 1}",
         "--export=NONE",
         "--nodes=1",
