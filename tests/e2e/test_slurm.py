@@ -292,3 +292,23 @@ def test_a_restarted_gateway_adopts_its_jobs_cancels_strays_and_the_lease_ends_t
     wait_for(lambda: pool.tasks(name) == {}, timeout=30, what="the jobs to end by the lease")
     logs = [pool.staging / name / "logs" / f"slurm-{t.job_id}.out" for t in jobs.values()]
     assert all("lease lapsed before worker" in p.read_text() for p in logs)
+
+
+def test_a_submission_slurm_refuses_fails_the_cluster_with_slurms_words(make_pool):
+    # Slurm answers and says no: a failure the analyst reads, not an outage to wait out.
+    pool = make_pool(
+        'c.SlurmLauncher.partition = "no-such-partition"\n'
+        "c.ElasticBackend.worker_start_failure_limit = 2\n"
+    )
+    cluster = pool.gw.new_cluster()
+    cluster.scale(1)
+
+    def failed():
+        details = pool.gw.cluster_details(cluster.name)
+        return details if details["status"] == "FAILED" else None
+
+    details = wait_for(failed, timeout=60, what="the cluster to fail")
+    assert "invalid partition" in details["failure_reason"].lower(), details["failure_reason"]
+    events = " ".join(e["message"] for e in details["events"])
+    assert "Slurm refused the worker jobs" in events and "unavailable" not in events
+    assert pool.tasks() == {}

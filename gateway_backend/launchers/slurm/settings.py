@@ -175,7 +175,7 @@ class SlurmSettings(Configurable):
         "elastic-gateway",
         help="""
         Job name (``--job-name``) of every worker job of this gateway; the status
-        query, leases and clean-ups select by it. Gateways sharing a Slurm cluster
+        query, clean-ups and restart reconciliation select by it. Gateways sharing a Slurm cluster
         and account must use different values, and it must stay the same across
         restarts (a restarted gateway finds its jobs by it).
         """,
