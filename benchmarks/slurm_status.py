@@ -81,7 +81,9 @@ def make_cluster(n_workers: int) -> SimpleNamespace:
     return cluster
 
 
-def launcher_for(harness: SlurmHarness, tmp: Path, gateway_id: str) -> SlurmLauncher:
+def launcher_for(
+    harness: SlurmHarness, tmp: Path, gateway_id: str, query: str = "fields"
+) -> SlurmLauncher:
     return SlurmLauncher(
         slurm_conf=str(harness.conf),
         scheduler_address="tls://127.0.0.1:1",
@@ -89,6 +91,7 @@ def launcher_for(harness: SlurmHarness, tmp: Path, gateway_id: str) -> SlurmLaun
         gateway_id=gateway_id,
         status_period=3600,  # periods are driven by hand here
         command_timeout=120,
+        status_query=query,
     )
 
 
@@ -117,6 +120,14 @@ async def measure(harness: SlurmHarness, tmp: Path, n_clusters: int, n_workers: 
         assert all(c.phase.value == "pending" for c in checks), "all jobs should be pending"
         assert len(launcher.jobs) == len(all_workers)
 
+        # The same period with ``status_query = "json"``.
+        launcher.client.query = "json"
+        t0 = time.perf_counter()
+        for _ in range(periods):
+            await launcher.refresh()
+        json_wall = (time.perf_counter() - t0) / periods
+        assert len(launcher.jobs) == len(all_workers)
+
         # One call per cluster: squeue for the cluster's job, as per-cluster tracking does.
         calls0, t0 = launcher.client.calls, time.perf_counter()
         for cluster in records.clusters:
@@ -128,6 +139,7 @@ async def measure(harness: SlurmHarness, tmp: Path, n_clusters: int, n_workers: 
             "jobs": len(all_workers),
             "our_calls": our_calls,
             "ours": ours,
+            "json": json_wall,
             "their_calls": their_calls,
             "theirs": theirs,
         }
@@ -159,14 +171,15 @@ async def submit_cost(harness: SlurmHarness, tmp: Path, n: int = 100) -> tuple[f
 
 async def run(harness: SlurmHarness, sizes: list[int], n_workers: int, tmp: Path) -> None:
     print(
-        f"{'clusters':>9}{'tasks':>7} | {'gateway: calls':>14}{'wall/period':>13} | "
-        f"{'per cluster: calls':>18}{'wall/period':>13} | {'calls ratio':>11}{'wall ratio':>11}"
+        f"{'clusters':>9}{'tasks':>7} | {'gateway: calls':>14}{'wall/period':>13}"
+        f"{'(json)':>11} | {'per cluster: calls':>18}{'wall/period':>13} | "
+        f"{'calls ratio':>11}{'wall ratio':>11}"
     )
     for size in sizes:
         r = await measure(harness, tmp, size, n_workers)
         print(
-            f"{size:>9}{r['jobs']:>7} | {r['our_calls']:>14.0f}{r['ours'] * 1e3:>10.1f} ms | "
-            f"{r['their_calls']:>18}{r['theirs'] * 1e3:>10.1f} ms | "
+            f"{size:>9}{r['jobs']:>7} | {r['our_calls']:>14.0f}{r['ours'] * 1e3:>10.1f} ms"
+            f"{r['json'] * 1e3:>8.1f} ms | {r['their_calls']:>18}{r['theirs'] * 1e3:>10.1f} ms | "
             f"{r['our_calls'] / r['their_calls']:>11.4f}{r['ours'] / r['theirs']:>11.3f}"
         )
     ours, theirs = await submit_cost(harness, tmp)

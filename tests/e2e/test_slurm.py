@@ -94,8 +94,9 @@ def pending_reasons(pool: SlurmPool, cluster: str, code: str) -> list[str]:
 SMALL = 'c.SlurmLauncher.partition = "small"\n'  # 2 CPUs: further 1-core jobs pend (Resources)
 
 
-def test_slurm_workers_run_as_one_job_array_and_compute_through_the_proxy(make_pool):
-    pool = make_pool()
+@pytest.mark.parametrize("query", ["fields", "json"])
+def test_slurm_workers_run_as_one_job_array_and_compute_through_the_proxy(make_pool, query):
+    pool = make_pool(f"c.SlurmLauncher.status_query = {query!r}\n")
     cluster = pool.gw.new_cluster()
     cluster.scale(2)
     wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="2 Slurm workers")

@@ -191,14 +191,25 @@ class SlurmHarness:
         self.procs["slurmctld"].send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        """Stop every daemon started here (jobs of slurmd with it), then remove the directory."""
+        """Stop every job and daemon started here, then remove the directory.
+
+        Jobs first (``scancel``, bounded wait): slurmd leaves running jobs behind when
+        it stops. Whatever still runs with this harness's ``SLURM_CONF`` after the
+        daemons stopped (job steps, their processes) is killed.
+        """
+        ctld = self.procs.get("slurmctld")
+        if ctld is not None and ctld.poll() is None:
+            ctld.send_signal(signal.SIGCONT)
+            with contextlib.suppress(subprocess.TimeoutExpired, RuntimeError):
+                self.run("scancel", f"--user={os.getuid()}", timeout=10, check=False)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and self._queued():
+                    time.sleep(0.3)
         for name in reversed(DAEMONS):
             proc = self.procs.pop(name, None)
             if proc is None:
                 continue
             with contextlib.suppress(ProcessLookupError):
-                if name == "slurmctld":
-                    proc.send_signal(signal.SIGCONT)
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
@@ -206,28 +217,30 @@ class SlurmHarness:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-        _kill_job_processes(self.root)
+        for pid in self._job_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         subprocess.run(["rm", "-rf", str(self.root)], check=False)
 
+    def _queued(self) -> bool:
+        """Whether slurmctld still lists a job that is not finished."""
+        return bool(self.run("squeue", "--noheader", "--format=%i", timeout=5, check=False).strip())
 
-def _kill_job_processes(root: Path) -> None:
-    """Job steps (slurmstepd and what it started) outlive slurmd: end those of this harness."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"slurmstepd" in cmdline:
-            env = b""
-            with contextlib.suppress(OSError):
-                env = Path(f"/proc/{pid}/environ").read_bytes()
-            if str(root).encode() in env:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(int(pid), signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+    def _job_processes(self) -> list[int]:
+        """Processes (job steps and what they run) with this harness's ``SLURM_CONF``."""
+        marker = f"SLURM_CONF={self.conf}".encode()
+        daemons = {proc.pid for proc in self.procs.values()}
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            if int(pid) in daemons or int(pid) == os.getpid():
+                continue
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0"):
+                found.append(int(pid))
+        return found
 
 
 def squeue_json(env: dict[str, str]) -> list[dict]:

@@ -11,7 +11,13 @@ from gateway_backend.config import ConfigError
 from gateway_backend.launchers.base import ClusterFacts, Phase
 from gateway_backend.launchers.loading import LauncherSpec, build_launchers, scheduler_spec
 from gateway_backend.launchers.slurm import SlurmLauncher
-from gateway_backend.launchers.slurm.client import JobRecord, job_records, task_ids
+from gateway_backend.launchers.slurm.client import (
+    SEPARATOR,
+    JobRecord,
+    field_records,
+    job_records,
+    task_ids,
+)
 from gateway_backend.launchers.slurm.status import job_check, pending_words
 
 
@@ -89,6 +95,23 @@ def test_pending_arrays_are_expanded_into_their_tasks_and_other_jobs_ignored():
     ids = [r.job_id for r in job_records(document, "gw")]
     assert ids == ["5_0", "5_1", "5_2", "5_7", "4_1"]
     assert list(task_ids("0-99%10"))[-1] == 99 and list(task_ids("1-7:3")) == [1, 4, 7]
+
+
+def test_the_fields_query_reads_named_fields_and_keeps_comments_whole():
+    sep = SEPARATOR
+    output = "\n".join(
+        [
+            sep.join(["gw", "5", "0-1,3", "PENDING", "Priority", "0", "eg1;a;b;c;d"]),
+            sep.join(["gw", "4", "1", "FAILED", "NonZeroExitCode", "768", f"x{sep}y"]),
+            sep.join(["other", "3", "0", "RUNNING", "None", "0", "(null)"]),
+            sep.join(["gw", "0", "N/A", "RUNNING", "None", "0", "(null)"]),  # not an array
+            "garbage",
+        ]
+    )
+    records = field_records(output, "gw")
+    assert [r.job_id for r in records] == ["5_0", "5_1", "5_3", "4_1"]
+    assert records[0].comment == "eg1;a;b;c;d" and records[0].reason == "Priority"
+    assert records[3].comment == f"x{sep}y" and records[3].exit_code == 768
 
 
 def build(**settings):

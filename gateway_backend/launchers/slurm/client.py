@@ -1,7 +1,7 @@
 """Slurm's command-line interface, asynchronously, with machine-readable output only.
 
-``sbatch --parsable`` (the job id), ``squeue --json`` (every job, one RPC to
-slurmctld) and ``scancel``; each call an asyncio subprocess with a deadline, a
+``sbatch --parsable`` (the job id), one ``squeue`` for every job of the gateway
+and ``scancel``; each call an asyncio subprocess with a deadline, a
 minimal environment (no gateway secret reaches Slurm or the jobs) and the
 script on stdin. A controller that does not answer becomes ``LauncherUnavailable``;
 a refusal (bad account, unknown partition) is a ``SlurmRefused`` with Slurm's words.
@@ -57,7 +57,7 @@ class SlurmRefused(Exception):
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One array task of this gateway, as ``squeue --json`` described it."""
+    """One array task of this gateway, as ``squeue`` described it."""
 
     job_id: str  # "<array job>_<task>", what scancel takes
     array_id: str
@@ -79,6 +79,38 @@ def task_ids(spec: str) -> Iterator[int]:
         first, _, last = part.partition("-")
         last, _, step = last.partition(":")
         yield from range(int(first), int(last or first) + 1, int(step or 1))
+
+
+#: ``squeue --Format`` fields of the "fields" query, each unpadded (size 0) and ended by
+#: the ASCII unit separator; the comment (ours, or any text) comes last.
+SEPARATOR = "\x1f"
+FIELDS = ("Name", "ArrayJobID", "ArrayTaskID", "State", "Reason", "exit_code")
+FORMAT = ",".join(f"{field}:0{SEPARATOR}" for field in FIELDS) + ",Comment:0"
+
+
+def field_records(output: str, job_name: str) -> list[JobRecord]:
+    """This gateway's array tasks from ``squeue --noheader --Format=<FORMAT>`` output."""
+    out = []
+    for line in output.splitlines():
+        parts = line.split(SEPARATOR, len(FIELDS))
+        if len(parts) != len(FIELDS) + 1 or parts[0] != job_name:
+            continue
+        _, array_id, tasks, state, reason, exit_code, comment = parts
+        if not array_id.isdigit() or array_id == "0" or not tasks or tasks == "N/A":
+            continue
+        try:
+            ids = list(task_ids(tasks))
+        except ValueError:
+            continue
+        common = {
+            "array_id": array_id,
+            "comment": "" if comment == "(null)" else comment,
+            "state": state,
+            "reason": reason,
+            "exit_code": int(exit_code) if exit_code.isdigit() else 0,
+        }
+        out += [JobRecord(job_id=f"{array_id}_{t}", task=t, **common) for t in ids]
+    return out
 
 
 def job_records(document: Mapping, job_name: str) -> list[JobRecord]:
@@ -108,9 +140,12 @@ def job_records(document: Mapping, job_name: str) -> list[JobRecord]:
 class SlurmClient:
     """Runs Slurm commands; counts them (``calls``), so tests and benchmarks can."""
 
-    def __init__(self, bin_directory: str, slurm_conf: str, timeout: float) -> None:
+    def __init__(
+        self, bin_directory: str, slurm_conf: str, timeout: float, query: str = "fields"
+    ) -> None:
         self.bin_directory = bin_directory
         self.timeout = timeout
+        self.query = query
         env = {k: os.environ[k] for k in PASSED_VARIABLES if k in os.environ}
         if slurm_conf:
             env["SLURM_CONF"] = slurm_conf
@@ -167,12 +202,24 @@ class SlurmClient:
         return job_id
 
     async def jobs(self, job_name: str) -> list[JobRecord]:
-        """Every array task named ``job_name``: one ``squeue --json`` for all of them.
+        """Every array task named ``job_name`` (see ``SlurmLauncher.status_query``): one call.
 
-        ``squeue --json`` (22.05) lists all jobs regardless of filters, exits 0
-        even when slurmctld is down and reports that in ``errors``.
+        "fields": ``squeue --me --name=... --states=all --Format=...``, the user's jobs
+        only (filtered by slurmctld), named fields separated by ``\x1f``. "json":
+        ``squeue --json``, which in Slurm 22.05 lists every job of the cluster (it
+        ignores filters), exits 0 even when slurmctld is down and says so in ``errors``.
         """
-        out = await self.run("squeue", "--json")
+        if self.query == "fields":
+            out = await self.run(
+                "squeue",
+                "--noheader",
+                "--me",
+                f"--name={job_name}",
+                "--states=all",
+                f"--Format={FORMAT}",
+            )
+            return field_records(out, job_name)
+        out = await self.run("squeue", "--json", f"--name={job_name}")
         try:
             document = json.loads(out)
         except ValueError as exc:

@@ -1,10 +1,10 @@
 """Dask workers as Slurm jobs, submitted, tracked and cancelled by the gateway.
 
 One ``sbatch`` per scale step (a job array, task ``i`` running the step's
-``i``-th worker); one ``squeue --json`` per status period for every job of this
+``i``-th worker); one ``squeue`` per status period for every job of this
 gateway, feeding a cache that all status checks read; ``scancel`` of exactly the
-chosen array tasks. Jobs are named ``gateway_id`` and their comment lists the
-cluster and worker names, so a restarted gateway adopts what runs and cancels
+chosen array tasks. Jobs are named ``gateway_id`` and their comment names the
+cluster and the batch, so a restarted gateway adopts what runs and cancels
 strays from that one query. Each cluster's staging directory (0700, on a file
 system the compute nodes share) holds its TLS files and a lease file the gateway
 touches every period; a job whose lease lapsed stops its worker, so jobs end by
@@ -76,7 +76,9 @@ class SlurmLauncher(SlurmSettings, Launcher):
         await super().setup(context)
         os.makedirs(self.staging_directory, mode=0o700, exist_ok=True)
         os.chmod(self.staging_directory, 0o700)
-        self.client = SlurmClient(self.bin_directory, self.slurm_conf, self.command_timeout)
+        self.client = SlurmClient(
+            self.bin_directory, self.slurm_conf, self.command_timeout, self.status_query
+        )
         self.jobs: dict[str, JobInfo] = {}  # worker name -> its task, from the last query
         self._batches: dict[tuple[str, str], list[str]] = {}  # (cluster, batch) -> workers
         self.cache_time = 0.0  # when the cache was last refreshed successfully

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import os
 
-from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, default, validate
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 from traitlets.config import Configurable
 
 from .script import UnsafeValue, check_directive, check_env_name, check_path, check_word
@@ -39,6 +50,20 @@ class SlurmSettings(Configurable):
         Seconds before a Slurm command counts as failed. A controller that does
         not answer within it makes the pool unavailable: scale-ups wait and are
         retried, nothing counts as a worker failure.
+        """,
+        config=True,
+    )
+
+    status_query = CaselessStrEnum(
+        ["fields", "json"],
+        default_value="fields",
+        help="""
+        How the one status query per period asks Slurm. ``fields``: ``squeue --me
+        --name=<gateway_id> --states=all --Format=...`` with named fields separated by
+        an ASCII unit separator: slurmctld sends only the gateway user's jobs.
+        ``json``: ``squeue --json``, which Slurm 22.05 answers with every job of the
+        cluster (it ignores all filters): fine on small clusters, a large answer to
+        parse every period on busy ones.
         """,
         config=True,
     )

@@ -66,7 +66,7 @@ def pending_words(reason: str) -> str:
 
 
 def exit_words(status: int) -> str:
-    """A wait status (``exit_code`` of ``squeue --json``) as words."""
+    """A wait status (``squeue``'s ``exit_code``) as words."""
     if status & 0x7F:
         return f"killed by signal {status & 0x7F}"
     return f"exit code {status >> 8}"
