@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway_backend.launchers.slurm.script import submitter_id
+
 from ..conftest import wait_for, workers_of
 from ..slurm.fixtures import Slurm, needs_own_daemons, slurm_fixture  # noqa: F401
 
@@ -57,6 +59,10 @@ class SlurmPool:
         config = slurm_config(slurm, self.staging, self.gateway_id, extra, pools)
         self.gateway = gateways.start(config)
         self.gw = gateways.client(self.gateway)
+
+    @property
+    def submitter(self) -> str:
+        return submitter_id(self.gateway_id, str(self.staging))
 
     def tasks(self, cluster: str | None = None):
         """This gateway's active array tasks (of one cluster), by worker name."""
@@ -265,7 +271,7 @@ def test_a_restarted_gateway_adopts_its_jobs_cancels_strays_and_the_lease_ends_t
         [
             "#!/bin/bash",
             f"#SBATCH --job-name={pool.gateway_id}",
-            f"#SBATCH --comment=eg1;{pool.gateway_id};{name};x;{'0' * 16}",
+            f"#SBATCH --comment=eg1;{pool.submitter};{name};x;{'0' * 16}",
             "#SBATCH --array=0-0 --partition=parked --output=/dev/null",
             "sleep 300",
         ]
@@ -313,3 +319,28 @@ def test_a_submission_slurm_refuses_fails_the_cluster_with_slurms_words(make_poo
     events = " ".join(e["message"] for e in details["events"])
     assert "Slurm refused the worker jobs" in events and "unavailable" not in events
     assert pool.tasks() == {}
+
+
+def test_two_slurm_pools_with_their_own_staging_directories_leave_each_others_jobs_alone(
+    make_pool, tmp_path
+):
+    other = tmp_path / "other-staging"
+    pool = make_pool(
+        pools_config='{"a": {"launcher": "slurm", "max_workers": 1}, '
+        f'"b": {{"launcher": "slurm", "staging_directory": {str(other)!r}}}}}'
+    )
+    cluster = pool.gw.new_cluster()
+    cluster.scale(2)
+    wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="a worker in each pool")
+    ours = pool.tasks(cluster.name)
+    theirs = pool.slurm.tasks(pool.gateway_id, other, cluster.name)
+    assert len(ours) == len(theirs) == 1
+    time.sleep(3)  # several status periods of both instances
+    assert pool.tasks(cluster.name) == ours
+    assert pool.slurm.tasks(pool.gateway_id, other, cluster.name) == theirs
+    assert workers_of(cluster) == 2
+    cluster.shutdown()
+    wait_for(
+        lambda: not any(r.active for r in pool.slurm.records(pool.gateway_id)),
+        what="no job of either pool after stop",
+    )

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from gateway_backend.launchers.slurm.client import JobRecord, job_records
-from gateway_backend.launchers.slurm.script import parse_comment
+from gateway_backend.launchers.slurm.script import parse_comment, submitter_id
 
 from .harness import SlurmHarness, slurm_installed
 
@@ -65,7 +65,7 @@ class Slurm:
         """
         out = {}
         for record in self.records(gateway_id):
-            parsed = parse_comment(record.comment, gateway_id)
+            parsed = parse_comment(record.comment, submitter_id(gateway_id, str(staging)))
             if not (record.active and parsed and (cluster is None or parsed[0] == cluster)):
                 continue
             batch = staging / parsed[0] / "batches" / parsed[1]

@@ -22,6 +22,7 @@ from gateway_backend.launchers.slurm.script import (
     job_comment,
     parse_comment,
     render,
+    submitter_id,
 )
 
 HOSTILE = (
@@ -167,10 +168,14 @@ def test_values_a_script_cannot_carry_exactly_are_refused(stage, change, message
 
 
 def test_the_comment_identifies_gateway_cluster_and_batch_and_encodes_the_owner():
-    comment = job_comment("gw", "c1", "m'al;lory\n#SBATCH x", "0123456789abcdef")
-    assert parse_comment(comment, "gw") == ("c1", "0123456789abcdef")
-    assert parse_comment(comment, "other-gateway") is None
+    submitter = submitter_id("gw", "/srv/stage")
+    assert submitter.startswith("gw:") and submitter != submitter_id("gw", "/srv/other")
+    comment = job_comment(submitter, "c1", "m'al;lory\n#SBATCH x", "0123456789abcdef")
+    assert parse_comment(comment, submitter) == ("c1", "0123456789abcdef")
+    assert parse_comment(comment, submitter_id("other-gateway", "/srv/stage")) is None
+    assert parse_comment(comment, submitter_id("gw", "/srv/other")) is None
     assert "\n" not in comment and " " not in comment and "'" not in comment
     assert comment.split(";")[3] == "m%27al%3Blory%0A%23SBATCH%20x"
     # Slurm refuses comments over 1024 characters: the longest owner still fits.
-    assert len(job_comment("g" * 128, "c" * 64, "\n" * 1000, "0" * 16)) <= 1024
+    longest = job_comment(submitter_id("g" * 128, "/s"), "c" * 64, "\n" * 1000, "0" * 16)
+    assert len(longest) <= 1024

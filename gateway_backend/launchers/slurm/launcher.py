@@ -44,7 +44,15 @@ from ..base import (
 )
 from ..staging import write_credentials, write_private_file
 from .client import JobRecord, SlurmClient, SlurmRefused
-from .script import WORKER_NAME, WorkerJob, check_word, job_comment, parse_comment, render
+from .script import (
+    WORKER_NAME,
+    WorkerJob,
+    check_word,
+    job_comment,
+    parse_comment,
+    render,
+    submitter_id,
+)
 from .settings import SlurmSettings
 from .status import job_check
 
@@ -70,6 +78,11 @@ class SlurmLauncher(SlurmSettings, Launcher):
     def _default_scheduler_address(self) -> str:
         address = normalize_address(self.context.proxy_tls_address, resolve_host=True)
         return "tls://" + address
+
+    @property
+    def submitter(self) -> str:
+        """Whose jobs this instance tells and cancels: its gateway and staging directory."""
+        return submitter_id(self.gateway_id, self.staging_directory)
 
     # -- lifecycle ------------------------------------------------------------------
     async def setup(self, context: LauncherContext) -> None:
@@ -144,7 +157,7 @@ class SlurmLauncher(SlurmSettings, Launcher):
         jobs = {}
         unnamed = []  # tasks of this gateway whose worker cannot be told: strays
         for record in records:
-            parsed = parse_comment(record.comment, self.gateway_id)
+            parsed = parse_comment(record.comment, self.submitter)
             if parsed is None:
                 continue
             names = self.batch_workers(*parsed)
@@ -239,7 +252,7 @@ class SlurmLauncher(SlurmSettings, Launcher):
         args += [str(a) for a in self.worker_extra_args]
         return WorkerJob(
             job_name=self.gateway_id,
-            comment=job_comment(self.gateway_id, cluster.name, cluster.username, batch),
+            comment=job_comment(self.submitter, cluster.name, cluster.username, batch),
             workers=list(workers),
             stage=self.cluster_directory(cluster.name),
             cores=int(config.worker_cores),

@@ -16,7 +16,9 @@ gateway reads to tell which worker each task is.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
 import shlex
 import urllib.parse
@@ -112,15 +114,26 @@ def shell_word(value: str, what: str) -> str:
     return "$'" + "".join(out) + "'"
 
 
-def job_comment(gateway_id: str, cluster: str, username: str, batch: str) -> str:
-    """``eg1;<gateway>;<cluster>;<owner, percent-encoded>;<batch>``, within Slurm's 1024.
+def submitter_id(gateway_id: str, staging_directory: str) -> str:
+    """``<gateway_id>:<tag of the staging directory>``: whose jobs these are.
 
-    ``batch`` names the file in the cluster's staging directory that lists the
-    array's worker names (a comment could hold only ~25 of them).
+    Pools of one gateway may stage into different directories; a launcher
+    instance only tells (and cancels) the jobs whose batch files it can read.
+    """
+    digest = hashlib.sha256(os.path.abspath(staging_directory).encode()).hexdigest()
+    return f"{gateway_id}:{digest[:8]}"
+
+
+def job_comment(submitter: str, cluster: str, username: str, batch: str) -> str:
+    """``eg1;<submitter>;<cluster>;<owner, percent-encoded>;<batch>``, within Slurm's 1024.
+
+    ``submitter`` is ``submitter_id``; ``batch`` names the file in the cluster's
+    staging directory that lists the array's worker names (a comment could hold
+    only ~25 of them).
     """
     owner = urllib.parse.quote(username, safe="")[:200]
     check_name(cluster, "cluster name")
-    return ";".join([COMMENT_TAG, gateway_id, cluster, owner, check_batch(batch)])
+    return ";".join([COMMENT_TAG, submitter, cluster, owner, check_batch(batch)])
 
 
 def check_comment(comment: str) -> str:
@@ -136,10 +149,10 @@ def check_batch(batch: str) -> str:
     return batch
 
 
-def parse_comment(comment: str, gateway_id: str) -> tuple[str, str] | None:
-    """(cluster, batch) of a job this gateway submitted, else None."""
+def parse_comment(comment: str, submitter: str) -> tuple[str, str] | None:
+    """(cluster, batch) of a job ``submitter`` (see ``submitter_id``) submitted, else None."""
     parts = comment.split(";")
-    if len(parts) != 5 or parts[0] != COMMENT_TAG or parts[1] != gateway_id:
+    if len(parts) != 5 or parts[0] != COMMENT_TAG or parts[1] != submitter:
         return None
     if not _NAME.fullmatch(parts[2]) or not _BATCH.fullmatch(parts[4]):
         return None
