@@ -344,3 +344,20 @@ def test_two_slurm_pools_with_their_own_staging_directories_leave_each_others_jo
         lambda: not any(r.active for r in pool.slurm.records(pool.gateway_id)),
         what="no job of either pool after stop",
     )
+
+
+@needs_own_daemons
+def test_worker_jobs_ask_for_the_clusters_cores_memory_and_gpus(make_pool):
+    # The harness's node has 2 (pretend) GPUs: a third 1-GPU worker waits for one.
+    pool = make_pool("c.ElasticClusterConfig.worker_gpus = 1\n")
+    cluster = pool.gw.new_cluster(worker_cores=2, worker_memory=3)
+    cluster.scale(3)
+    wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="2 running GPU workers")
+    reasons = wait_for(lambda: pending_reasons(pool, cluster.name, "Resources"))
+    assert len(reasons) == 1, reasons
+    for task in pool.tasks(cluster.name).values():
+        job = pool.slurm.run("scontrol", "show", "job", task.job_id)
+        assert "NumCPUs=2 " in job and "MinMemoryNode=3G" in job, job
+        assert "TresPerNode=gres:gpu:1" in job, job
+    cluster.shutdown()
+    wait_for(lambda: pool.tasks() == {}, what="no job after stop")

@@ -6,7 +6,8 @@ a ``slurm.conf`` with ``SlurmctldHost=<host>(127.0.0.1)`` and free ports, state 
 spool directories inside it. Every wait is bounded and every started daemon is
 stopped by ``stop()``, also when the start failed half way.
 
-Partitions: ``debug`` (the default, every CPU), ``small`` (at most ``small_cpus``
+The node has ``gpus`` (at most 4) pretend GPUs (``gres.conf`` naming ``/dev/null``
+and the like). Partitions: ``debug`` (the default, every CPU), ``small`` (at most ``small_cpus``
 CPUs in use, so further jobs pend with reason ``Resources``) and ``parked`` (state
 DOWN: jobs queue and stay pending with reason ``PartitionDown``, nothing runs).
 """
@@ -40,10 +41,12 @@ def slurm_installed() -> bool:
 class SlurmHarness:
     """Own daemons in ``root`` (a private temporary directory); ``env`` for the CLI."""
 
-    def __init__(self, cpus: int = 6, small_cpus: int = 2, memory_mb: int = 64000) -> None:
+    def __init__(
+        self, cpus: int = 6, small_cpus: int = 2, memory_mb: int = 64000, gpus: int = 2
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="eg-slurm-"))
         os.chmod(self.root, 0o700)
-        self.cpus, self.small_cpus, self.memory_mb = cpus, small_cpus, memory_mb
+        self.cpus, self.small_cpus, self.memory_mb, self.gpus = cpus, small_cpus, memory_mb, gpus
         self.host = socket.gethostname().split(".")[0]
         self.procs: dict[str, subprocess.Popen] = {}
         self.conf = self.root / "slurm.conf"
@@ -94,13 +97,19 @@ class SlurmHarness:
             "SlurmctldTimeout=30",
             "SlurmdTimeout=60",
             "InactiveLimit=0",
+            "GresTypes=gpu",
             f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} "
-            f"RealMemory={self.memory_mb} State=UNKNOWN",
+            f"RealMemory={self.memory_mb} Gres=gpu:{self.gpus} State=UNKNOWN",
             f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
             f"PartitionName=small Nodes={self.host} MaxCPUsPerNode={self.small_cpus} State=UP",
             f"PartitionName=parked Nodes={self.host} State=DOWN",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
+        # Pretend GPUs (character devices every machine has): jobs asking --gres=gpu:n
+        # queue for them, nothing uses them.
+        devices = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random"][: self.gpus]
+        gres = "".join(f"Name=gpu File={d}\n" for d in devices)
+        (self.root / "gres.conf").write_text("AutoDetect=off\n" + gres)
 
     @property
     def env(self) -> dict[str, str]:
