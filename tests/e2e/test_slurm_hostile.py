@@ -27,6 +27,8 @@ HOSTILE_CONFIG = """
 from dask_gateway_server.options import Options, String
 
 c.LocalLauncher.allow_shared_local_user = True
+c.ElasticBackend.vos = {"cms": {"groups": ["cms"], "accounting_group": "group_cms"}}
+c.ElasticBackend.users_without_vo = "cms"
 c.ElasticBackend.cluster_options = Options(
     String("tag", default=""),
     handler=lambda options: {"environment": {"ANALYSIS_TAG": options.tag}},
@@ -34,11 +36,14 @@ c.ElasticBackend.cluster_options = Options(
 """
 
 
+# The VO's Slurm account (our own daemons keep no accounting, so any name is accepted).
+OWN_ACCOUNTS = 'c.SlurmLauncher.vo_accounts = {"cms": "cms-analysis"}\n'
+
+
 @pytest.fixture
 def pool(gateways, slurm, tmp_path):
-    pool = SlurmPool(
-        gateways, slurm, tmp_path / "pool", HOSTILE_CONFIG, '{"slurm": {"launcher": "slurm"}}'
-    )
+    extra = HOSTILE_CONFIG + (OWN_ACCOUNTS if slurm.harness else "")
+    pool = SlurmPool(gateways, slurm, tmp_path / "pool", extra, '{"slurm": {"launcher": "slurm"}}')
     try:
         yield pool
     finally:
@@ -64,6 +69,7 @@ OUR_OPTIONS = {
     "--chdir",
     "--output",
     "--partition",
+    "--account",
 }
 
 
@@ -121,6 +127,8 @@ def test_hostile_name_and_tag_arrive_verbatim_and_inject_no_directive_or_command
         assert directives["--partition"] == pool.slurm.partition
         assert set(directives) <= OUR_OPTIONS, set(directives) - OUR_OPTIONS
         assert directives["--comment"] == task.comment
+        if pool.slurm.harness:  # the VO's account, whoever the user claims to be
+            assert directives["--account"] == "cms-analysis"
         owner = task.comment.split(";")[3]
         assert urllib.parse.unquote(owner) == name
         assert all(c.isalnum() or c in "%._-" for c in owner)
