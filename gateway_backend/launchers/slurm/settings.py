@@ -226,6 +226,7 @@ class SlurmSettings(Configurable):
 
     max_array_size = Integer(
         500,
+        min=1,
         help="""
         Most workers submitted as one job array (one ``sbatch``). Keep it below the
         cluster's ``MaxArraySize``; bigger scale steps use several arrays.
