@@ -19,6 +19,7 @@ CLASSES = [ElasticBackend, ElasticClusterConfig, LocalLauncher]
 OPTIONAL = [
     ("gateway_backend.launchers.htcondor", "HTCondorLauncher"),
     ("gateway_backend.launchers.kubernetes", "KubernetesLauncher"),
+    ("gateway_backend.launchers.slurm", "SlurmLauncher"),
 ]
 TARGET = Path(__file__).with_name("configuration.md")
 

@@ -25,6 +25,7 @@ LAUNCHER_CLASSES = {
     "local": "gateway_backend.launchers.local.LocalLauncher",
     "htcondor": "gateway_backend.launchers.htcondor.HTCondorLauncher",
     "kubernetes": "gateway_backend.launchers.kubernetes.KubernetesLauncher",
+    "slurm": "gateway_backend.launchers.slurm.SlurmLauncher",
 }
 
 
