@@ -104,16 +104,8 @@ class LocalLauncher(LocalSettings, Launcher):
     def check_cluster_request(
         self, username: str, options: Mapping[str, Any], config: Any, facts: ClusterFacts
     ) -> None:
-        """Refuse, when the cluster is requested, a user this launcher may not run, or
-        workers with more GPUs than this pool has."""
+        """Refuse, when the cluster is requested, a user this launcher may not run."""
         self.account_for(username)
-        gpus = int(getattr(config, "worker_gpus", 0) or 0)
-        if gpus and gpus > len(self.gpus.devices):
-            raise ValueError(
-                f"workers with {gpus} GPU(s) cannot run in pool {self.context.name}: it has "
-                f"{len(self.gpus.devices)} (LocalLauncher.gpu_devices); choose a profile "
-                "with fewer GPUs per worker"
-            )
 
     def account_of(self, cluster: Cluster) -> Account | None:
         """The OS account for ``cluster`` (None: the gateway's), or ``UserRefused``."""

@@ -49,6 +49,12 @@ class GpuAllocator:
 
     def take(self, workers: Sequence[str], per_worker: int) -> dict[str, list[str]]:
         """``per_worker`` devices for each of ``workers``, all or none."""
+        if per_worker > len(self.devices):
+            # Never satisfiable: a failure (counted, so the cluster ends with this reason).
+            raise RuntimeError(
+                f"workers with {per_worker} GPU(s) cannot run here: LocalLauncher.gpu_devices "
+                f"has {len(self.devices)}; choose a profile with fewer GPUs per worker"
+            )
         free = self.free()
         needed = per_worker * len(workers)
         if needed > len(free):

@@ -277,7 +277,9 @@ def test_a_restarted_gateway_adopts_its_jobs_cancels_strays_and_the_lease_ends_t
             "#!/bin/bash",
             f"#SBATCH --job-name={pool.gateway_id}",
             f"#SBATCH --comment=eg1;{pool.submitter};{name};x;{'0' * 16}",
-            "#SBATCH --array=0-0 --partition=parked --output=/dev/null",
+            "#SBATCH --array=0-0",
+            "#SBATCH --partition=parked",
+            "#SBATCH --output=/dev/null",
             "sleep 300",
         ]
     )

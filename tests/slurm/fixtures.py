@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,11 @@ class Slurm:
 
     def run(self, *argv: str, check: bool = True) -> str:
         env = {**os.environ, "SLURM_CONF": self.conf}
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+        # Not in the repository: a job without --output writes slurm-<id>.out where it was
+        # submitted.
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=30, cwd=tempfile.gettempdir()
+        )
         if check and done.returncode:
             raise RuntimeError(f"{argv} failed: {done.stderr.strip()}")
         return done.stdout

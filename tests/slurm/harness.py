@@ -176,7 +176,11 @@ class SlurmHarness:
     def run(self, *argv: str, timeout: float = 15, check: bool = True) -> str:
         """A Slurm command against these daemons; its stdout."""
         env = {**os.environ, **self.env}
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+        # In the harness's directory: a job without --output writes slurm-<id>.out to the
+        # submitter's working directory, never into the repository.
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=self.root
+        )
         if check and done.returncode:
             raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout

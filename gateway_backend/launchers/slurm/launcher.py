@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 from dask_gateway_server.utils import FrozenAttrDict, TaskPool, normalize_address
 from traitlets import default
 
-from ...commands import CERT_FILE, KEY_FILE, proxy_sni, worker_command, worker_env
+from ...commands import (
+    CERT_FILE,
+    KEY_FILE,
+    nanny_sni_preload,
+    proxy_sni,
+    worker_command,
+    worker_env,
+)
 from ...periodic import run_periodically
 from ..base import (
     Check,
@@ -247,8 +254,11 @@ class SlurmLauncher(SlurmSettings, Launcher):
             i = args.index("--host")
             del args[i : i + 2]
             args[args.index("--dashboard-address") + 1] = ":0"
-        if not self.nanny:
+        if self.nanny:
+            args += nanny_sni_preload(proxy_sni(cluster))
+        else:
             args.append("--no-nanny")
+        args += self.network_args()
         args += [str(a) for a in self.worker_extra_args]
         return WorkerJob(
             job_name=self.gateway_id,
@@ -283,8 +293,27 @@ class SlurmLauncher(SlurmSettings, Launcher):
         """
         if hasattr(config, "to_dict"):
             config = FrozenAttrDict(config.to_dict())
+        if config.get("image"):
+            raise ValueError(
+                f"the image {config['image']!r} of profile {config.get('profile')!r} cannot "
+                "run in a Slurm pool: its jobs run on the nodes' own software; choose a "
+                "profile without an image or another pool"
+            )
         probe = SimpleNamespace(name="0" * 32, username=username, options=options, config=config)
         render(self.worker_job(probe, ["0" * 32], facts, "0" * 16))
+
+    def reachability_hint(self, address: str) -> str:
+        port = address.rsplit(":", 1)[-1]
+        ports = (
+            f"the range SlurmLauncher.worker_ports = {self.worker_ports!r}"
+            if self.worker_ports
+            else "any port: set SlurmLauncher.worker_ports to a range the site opens"
+        )
+        return (
+            f"the compute nodes must accept TCP on port {port} ({ports}) from the scheduler "
+            "and from other workers; behind NAT, set SlurmLauncher.contact_host to the "
+            "address that reaches them (docs/networking.md)"
+        )
 
     # -- workers --------------------------------------------------------------------------
     async def start_workers(

@@ -23,10 +23,11 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
+from ..worker_network import WorkerNetworkSettings
 from .script import UnsafeValue, check_directive, check_env_name, check_path, check_word
 
 
-class SlurmSettings(Configurable):
+class SlurmSettings(WorkerNetworkSettings, Configurable):
     """Controller, job, lease and accounting settings of ``SlurmLauncher``."""
 
     slurm_conf = Unicode(
@@ -187,11 +188,11 @@ class SlurmSettings(Configurable):
     )
 
     nanny = Bool(
-        False,
+        True,
         help="""
-        Run a Nanny in worker jobs. Off by default, as for HTCondor: distributed's
-        Nanny does not send ``--scheduler-sni``, so it cannot reach a scheduler
-        through the gateway proxy.
+        Run a Nanny in worker jobs, so ``client.restart()`` and nanny plugins
+        work. As for HTCondor, a nanny preload gives the Nanny the proxy's
+        server name (distributed passes ``--scheduler-sni`` to the Worker only).
         """,
         config=True,
     )
