@@ -14,6 +14,7 @@ from dask_gateway import GatewayCluster
 from . import api
 from .auth import resolve_address_and_auth
 from .closing import close_once
+from .credentials import forward as forward_credentials_to
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class ElasticCluster(GatewayCluster):
     # Class-level defaults, so repr works on a cluster whose __init__ failed early.
     _pools: PoolCounts | None = None
     _profile: str | None = None  # "name (environment)", from the last details()
+    _credentials: dict | None = None  # what forward_credentials() sent, no content
+    _refresher: Any = None
     _pool_refresh: concurrent.futures.Future | None = None
 
     def _init_internal(self, address=None, auth=None, **kwargs):
@@ -88,6 +91,8 @@ class ElasticCluster(GatewayCluster):
             logger.debug("no details of cluster %s yet", self.name, exc_info=True)
 
     async def _stop_async(self) -> None:
+        if self._refresher is not None:
+            self._refresher.stop()
         if self._pool_refresh is not None:
             self._pool_refresh.cancel()
         await super()._stop_async()
@@ -100,11 +105,42 @@ class ElasticCluster(GatewayCluster):
         return details
 
     def details(self) -> dict[str, Any]:
-        """The gateway's view of this cluster: workers per pool, events, failure reason.
+        """The gateway's view of this cluster: workers per pool, events, failure reason,
+        plus ``credentials``: what this notebook forwarded, and when each expires.
 
         Its per-pool counts are what ``repr`` shows from then on.
         """
-        return self.gateway.sync(self._details)
+        details = self.gateway.sync(self._details)
+        details["credentials"] = dict(self._credentials or {})
+        return details
+
+    def forward_credentials(
+        self,
+        x509: str | None = None,
+        token: str | bytes | None = None,
+        files: dict | None = None,
+        discover: bool = True,
+        refresh_every: float | None = None,
+    ) -> dict[str, dict]:
+        """Send your data credentials to every worker (and to workers that join later).
+
+        Without arguments, the X509 proxy and bearer token found where grid tools look
+        (``$X509_USER_PROXY``, ``$BEARER_TOKEN_FILE``, ...); or give ``x509=<path>``,
+        ``token=<token>``, ``files={"name": path_or_bytes}``. On workers they are 0600
+        files with ``X509_USER_PROXY``/``BEARER_TOKEN_FILE`` pointing at them. Calling
+        again replaces them everywhere without restarting workers; ``refresh_every``
+        seconds re-reads the discovered ones while this notebook runs and forwards
+        them when they changed. Returns, per file, its source and expiry (no content).
+        """
+        summary = forward_credentials_to(self, x509, token, files, discover)
+        self._credentials = summary
+        if refresh_every:
+            from .credentials import Refresher
+
+            if self._refresher is not None:
+                self._refresher.stop()
+            self._refresher = Refresher(self, refresh_every, x509, token, files, discover)
+        return summary
 
     async def _pool_summary(self) -> PoolCounts:
         return pool_counts(await self._details())
@@ -146,6 +182,10 @@ class ElasticCluster(GatewayCluster):
             )
         return box
 
+    def _credentials_html(self) -> str:
+        line = _credentials_line(self._credentials)
+        return f"    <li><b>Credentials: </b>{html.escape(line)}\n" if line else ""
+
     def _dashboard_html(self) -> str:
         if not self.dashboard_link:
             return "not available"
@@ -167,9 +207,18 @@ class ElasticCluster(GatewayCluster):
             f"    <li><b>Dashboard: </b>{self._dashboard_html()}\n"
             + (f"    <li><b>Profile: </b>{html.escape(self._profile)}\n" if self._profile else "")
             + f"    <li><b>Workers per pool: </b>{pools}\n"
-            "  </ul>\n"
+            + self._credentials_html()
+            + "  </ul>\n"
             "</div>\n"
         )
+
+
+def _credentials_line(credentials: dict | None) -> str:
+    parts = [
+        f"{name} (expires {info['expires'] or 'unknown'})"
+        for name, info in (credentials or {}).items()
+    ]
+    return ", ".join(parts)
 
 
 async def _refresh_widget_pools(cluster_ref: weakref.ref[ElasticCluster], interval: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from dask_gateway import Gateway
@@ -45,15 +46,29 @@ class ElasticGateway(Gateway):
         }
 
     def new_cluster(
-        self, cluster_options=None, shutdown_on_close: bool = True, **kwargs: Any
+        self,
+        cluster_options=None,
+        shutdown_on_close: bool = True,
+        forward_credentials: bool | None = None,
+        **kwargs: Any,
     ) -> ElasticCluster:
-        """Start a cluster and wait for it (as ``Gateway.new_cluster``); an ``ElasticCluster``."""
-        return ElasticCluster(
+        """Start a cluster and wait for it (as ``Gateway.new_cluster``); an ``ElasticCluster``.
+
+        Your X509 proxy and bearer token, where grid tools find them, are forwarded to
+        its workers (``ElasticCluster.forward_credentials``), unless
+        ``forward_credentials=False`` or ``$ELASTIC_GATEWAY_FORWARD_CREDENTIALS=0``.
+        """
+        cluster = ElasticCluster(
             cluster_options=cluster_options,
             shutdown_on_close=shutdown_on_close,
             **self._cluster_kwargs(),
             **kwargs,
         )
+        if forward_credentials is None:
+            forward_credentials = os.environ.get("ELASTIC_GATEWAY_FORWARD_CREDENTIALS") != "0"
+        if forward_credentials and not self.asynchronous:
+            cluster.forward_credentials()
+        return cluster
 
     def connect(self, cluster_name: str, shutdown_on_close: bool = False) -> ElasticCluster:
         """Connect to a running cluster by name; an ``ElasticCluster``."""

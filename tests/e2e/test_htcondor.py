@@ -312,3 +312,29 @@ def test_nanny_workers_restart_and_take_nanny_plugins_through_the_proxy(make_poo
     assert len(pool.jobs(f'DaskGatewayCluster == "{cluster.name}" && JobStatus == 2')) == 2
     client.close()
     cluster.shutdown()
+
+
+def test_forwarded_credentials_reach_job_workers_but_no_job_ad(make_pool, tmp_path):
+    pool = make_pool()
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.c2lnbmF0dXJl"
+    cluster = pool.gw.new_cluster(forward_credentials=False)
+    cluster.scale(2)
+    wait_for(lambda: workers_of(cluster) == 2, what="2 HTCondor workers")
+    summary = cluster.forward_credentials(token=token, discover=False)
+    assert summary["bt"]["expires"] == "2100-01-01T00:00:00+00:00"
+    client = cluster.get_client()
+
+    def on_worker():
+        path = os.environ["BEARER_TOKEN_FILE"]
+        return open(path).read(), oct(os.stat(path).st_mode & 0o777)
+
+    assert set(client.run(on_worker).values()) == {(token, "0o600")}
+    cluster.scale(3)  # a worker that joins later gets them too
+    wait_for(lambda: workers_of(cluster) == 3, what="a third worker")
+    assert set(client.run(on_worker).values()) == {(token, "0o600")}
+    ads = pool.schedd.query(f'DaskGatewayCluster == "{cluster.name}"')
+    assert ads and not any(token in str(ad) for ad in ads)
+    staged = [p for p in (tmp_path / "pool0" / "staging").rglob("*") if p.is_file()]
+    assert not any(token.encode() in p.read_bytes() for p in staged)
+    client.close()
+    cluster.shutdown()

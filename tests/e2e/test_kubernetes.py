@@ -14,6 +14,7 @@ the API server, compact etcd or set a node's capacity are skipped there.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -727,3 +728,22 @@ def test_a_profiles_image_runs_scheduler_and_worker_pods(make_k8s):
     [scheduler] = k.pods(base, **SCHEDULER)
     assert scheduler["spec"]["containers"][0]["image"] != image  # the launcher's own
     base.shutdown()
+
+
+def test_forwarded_credentials_reach_pod_workers_but_no_pod_spec_or_secret(make_k8s):
+    k = make_k8s()
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IiLCJleHAiOjQxMDI0NDQ4MDB9.c2lnbmF0dXJl"
+    cluster = k.gw.new_cluster(forward_credentials=False)
+    cluster.scale(1)
+    wait_for(lambda: workers_of(cluster) == 1, timeout=90, what="a pod worker")
+    cluster.forward_credentials(token=token, discover=False)
+    client = cluster.get_client()
+    [seen] = client.run(lambda: open(os.environ["BEARER_TOKEN_FILE"]).read()).values()
+    assert seen == token
+    mine = {"gateway.dask.org/cluster": cluster.name}
+    objects = [*k.pods(cluster), *k.ns.objects("secrets", **mine)]
+    text = json.dumps(objects)
+    assert objects and token not in text
+    assert base64.b64encode(token.encode()).decode()[:40] not in text  # nor in Secret data
+    client.close()
+    cluster.shutdown()
