@@ -28,9 +28,6 @@ from traitlets import default
 from ..commands import (
     CERT_FILE,
     KEY_FILE,
-    nanny_sni_preload,
-    proxy_sni,
-    worker_command,
     worker_env,
 )
 from ..config import ConfigError
@@ -56,6 +53,7 @@ from .htcondor_quoting import (
 )
 from .htcondor_settings import HTCondorSettings
 from .staging import write_credentials
+from .worker_network import batch_worker_command
 
 if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster, Worker
@@ -295,23 +293,7 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
         # Transferred files land in the job's scratch directory, its working directory.
         env = worker_env(cluster, cert_path=CERT_FILE, key_path=KEY_FILE)
         env.update({k: str(v) for k, v in self.environment.items()})
-        args = worker_command(
-            cluster,
-            WORKER_NAME,
-            self.scheduler_address,
-            host=self.worker_host or "",
-            scheduler_sni=proxy_sni(cluster),
-        )
-        if not self.worker_host:
-            i = args.index("--host")
-            del args[i : i + 2]
-            args[args.index("--dashboard-address") + 1] = ":0"
-        if self.nanny:
-            args += nanny_sni_preload(proxy_sni(cluster))
-        else:
-            args.append("--no-nanny")
-        args += self.network_args()
-        args += list(self.worker_extra_args)
+        args = batch_worker_command(self, cluster, WORKER_NAME)
         logs = os.path.join(self.cluster_directory(cluster), "logs")
         desc = {
             "universe": "vanilla",
@@ -362,19 +344,6 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
             desc["accounting_group_user"] = user
         desc.update({k: str(v) for k, v in self.extra_submit.items()})
         return desc
-
-    def reachability_hint(self, address: str) -> str:
-        port = address.rsplit(":", 1)[-1]
-        ports = (
-            f"the range HTCondorLauncher.worker_ports = {self.worker_ports!r}"
-            if self.worker_ports
-            else "any port: set HTCondorLauncher.worker_ports to a range the site opens"
-        )
-        return (
-            f"the execute nodes must accept TCP on port {port} ({ports}) from the scheduler "
-            "and from other workers; behind NAT, set HTCondorLauncher.contact_host to the "
-            "address that reaches them (docs/networking.md)"
-        )
 
     # -- workers --------------------------------------------------------------------------
     async def start_workers(

@@ -10,11 +10,16 @@ the port they actually listen on. See ``docs/networking.md``.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any
 
 from traitlets import TraitError, Unicode, validate
 from traitlets.config import Configurable
 
+from ..commands import nanny_sni_preload, proxy_sni, worker_command
 from ..config import ConfigError
+
+if TYPE_CHECKING:
+    from dask_gateway_server.backends.db_base import Cluster
 
 PORTS = re.compile(r"(\d{1,5})(?::(\d{1,5}))?")
 # A host name or IP, or one environment variable of the worker's (``$NODE_PUBLIC_IP``).
@@ -114,3 +119,43 @@ class WorkerNetworkSettings(Configurable):
         if self.contact_host:
             args += contact_preload(self.contact_host)
         return args
+
+    def reachability_hint(self, address: str) -> str:
+        """The firewall rule or setting to change when the scheduler cannot reach a worker."""
+        kind = type(self).__name__
+        port = address.rsplit(":", 1)[-1]
+        ports = (
+            f"the range {kind}.worker_ports = {self.worker_ports!r}"
+            if self.worker_ports
+            else f"any port: set {kind}.worker_ports to a range the site opens"
+        )
+        return (
+            f"the nodes must accept TCP on port {port} ({ports}) from the scheduler and "
+            f"from other workers; behind NAT, set {kind}.contact_host to the address that "
+            "reaches them (docs/networking.md)"
+        )
+
+
+def batch_worker_command(settings: Any, cluster: Cluster, worker_name: str) -> list[str]:
+    """``dask worker`` in a batch job (HTCondor, Slurm): through the proxy by SNI, its Nanny
+    too, on the pool's interface, ports and advertised address.
+
+    ``settings`` is the pool's launcher: ``scheduler_address``, ``worker_host``,
+    ``nanny``, ``worker_extra_args`` and the ``WorkerNetworkSettings``.
+    """
+    sni = proxy_sni(cluster)
+    args = worker_command(
+        cluster,
+        worker_name,
+        settings.scheduler_address,
+        host=settings.worker_host or "",
+        scheduler_sni=sni,
+    )
+    if not settings.worker_host:
+        i = args.index("--host")
+        del args[i : i + 2]
+        args[args.index("--dashboard-address") + 1] = ":0"
+    args += nanny_sni_preload(sni) if settings.nanny else ["--no-nanny"]
+    args += settings.network_args()
+    args += [str(a) for a in settings.worker_extra_args]
+    return args

@@ -303,12 +303,21 @@ def test_nanny_workers_restart_and_take_nanny_plugins_through_the_proxy(make_poo
     wait_for(lambda: workers_of(cluster) == 2, what="2 HTCondor workers")
     client = cluster.get_client()
     client.register_plugin(Environ({"ANALYSIS_TAG": "ttbar-2025"}))  # restarts the workers
-    client.wait_for_workers(2, timeout=60)
-    assert set(client.run(lambda: os.environ.get("ANALYSIS_TAG")).values()) == {"ttbar-2025"}
-    pids = client.run(os.getpid)
+
+    def on_both(f):
+        """``f`` on each of 2 workers, or None while they are (re)starting."""
+        try:
+            values = client.run(f)
+        except Exception:
+            return None
+        return values if len(values) == 2 else None
+
+    tags = wait_for(lambda: on_both(lambda: os.environ.get("ANALYSIS_TAG")), timeout=90)
+    assert set(tags.values()) == {"ttbar-2025"}
+    pids = on_both(os.getpid)
     client.restart()
-    client.wait_for_workers(2, timeout=60)
-    assert set(client.run(os.getpid).values()).isdisjoint(pids.values())
+    after = wait_for(lambda: on_both(os.getpid), timeout=90, what="2 restarted workers")
+    assert set(after.values()).isdisjoint(pids.values())
     assert len(pool.jobs(f'DaskGatewayCluster == "{cluster.name}" && JobStatus == 2')) == 2
     client.close()
     cluster.shutdown()

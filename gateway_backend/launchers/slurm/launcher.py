@@ -33,9 +33,6 @@ from traitlets import default
 from ...commands import (
     CERT_FILE,
     KEY_FILE,
-    nanny_sni_preload,
-    proxy_sni,
-    worker_command,
     worker_env,
 )
 from ...periodic import run_periodically
@@ -50,6 +47,7 @@ from ..base import (
     log_tail,
 )
 from ..staging import write_credentials, write_private_file
+from ..worker_network import batch_worker_command
 from .client import JobRecord, SlurmClient, SlurmRefused
 from .script import (
     WORKER_NAME,
@@ -243,23 +241,7 @@ class SlurmLauncher(SlurmSettings, Launcher):
         config = cluster.config
         env = worker_env(cluster, cert_path=CERT_FILE, key_path=KEY_FILE)  # in the job's cwd
         env.update({k: str(v) for k, v in self.environment.items()})
-        args = worker_command(
-            cluster,
-            WORKER_NAME,
-            self.scheduler_address,
-            host=self.worker_host or "",
-            scheduler_sni=proxy_sni(cluster),
-        )
-        if not self.worker_host:
-            i = args.index("--host")
-            del args[i : i + 2]
-            args[args.index("--dashboard-address") + 1] = ":0"
-        if self.nanny:
-            args += nanny_sni_preload(proxy_sni(cluster))
-        else:
-            args.append("--no-nanny")
-        args += self.network_args()
-        args += [str(a) for a in self.worker_extra_args]
+        args = batch_worker_command(self, cluster, WORKER_NAME)
         return WorkerJob(
             job_name=self.gateway_id,
             comment=job_comment(self.submitter, cluster.name, cluster.username, batch),
@@ -301,19 +283,6 @@ class SlurmLauncher(SlurmSettings, Launcher):
             )
         probe = SimpleNamespace(name="0" * 32, username=username, options=options, config=config)
         render(self.worker_job(probe, ["0" * 32], facts, "0" * 16))
-
-    def reachability_hint(self, address: str) -> str:
-        port = address.rsplit(":", 1)[-1]
-        ports = (
-            f"the range SlurmLauncher.worker_ports = {self.worker_ports!r}"
-            if self.worker_ports
-            else "any port: set SlurmLauncher.worker_ports to a range the site opens"
-        )
-        return (
-            f"the compute nodes must accept TCP on port {port} ({ports}) from the scheduler "
-            "and from other workers; behind NAT, set SlurmLauncher.contact_host to the "
-            "address that reaches them (docs/networking.md)"
-        )
 
     # -- workers --------------------------------------------------------------------------
     async def start_workers(
