@@ -46,6 +46,9 @@ from .quotas import holds_resources
 from .records import create_workers
 from .restart import reconcile_after_restart
 from .scale_down import PoolOrderScaleDown
+from .sqlite_tuning import tune_sqlite
+from .tls_keys import TLSKeys
+from .tls_keys import install as use_prepared_tls_keys
 from .views import GatewayViews
 
 
@@ -124,6 +127,8 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
             self.scale_down_order, self.retire_timeout, self.events, self.log
         )
         self._loops = TaskPool()
+        self.tls_keys = TLSKeys()
+        use_prepared_tls_keys()
         # Launchers are set up before upstream's setup starts the reconcilers that call
         # them, but their context needs the proxy's addresses (and ``api_url``, whose
         # default reads ``self.proxy``): the same Proxy config upstream reads, early.
@@ -161,6 +166,7 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
 
     async def do_setup(self) -> None:
         """After a restart: remove what runs without a record, fail records without a process."""
+        tune_sqlite(self.db.db, self.sqlite_synchronous)  # upstream just opened it
         bursts = [p.burst_after for p in self.pools.pools if p.burst_after]
         if bursts:
             period = max(0.2, min(min(bursts) / 4, self.worker_status_period))
@@ -192,6 +198,11 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
             await self._loops.close()
         for launcher in reversed(getattr(self, "_started_launchers", [])):
             await launcher.cleanup()
+
+    async def start_cluster(self, user, cluster_options):
+        # The new record's RSA key is made in a thread, not on the event loop (tls_keys).
+        await self.tls_keys.prepare()
+        return await super().start_cluster(user, cluster_options)
 
     def facts_of(self, cluster: Cluster) -> ClusterFacts:
         return facts_of_vo(self.quotas.vo_of(cluster))
