@@ -29,7 +29,13 @@ from dask_gateway_server.utils import FrozenAttrDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway_backend.launchers import ClusterFacts, KnownRecords, LauncherContext
+from gateway_backend.launchers import (
+    Check,
+    ClusterFacts,
+    KnownRecords,
+    LauncherContext,
+    Phase,
+)
 from gateway_backend.launchers.htcondor import HTCondorLauncher
 from gateway_backend.launchers.htcondor_status import parse_ads
 from tests.fakes.schedd import start_standin
@@ -104,7 +110,8 @@ OLD_PROJECTION = [
 
 
 class OldLauncher(HTCondorLauncher):
-    """``refresh`` as of f3507a4: every job every period, ads read on the event loop."""
+    """``refresh`` and ``check_workers`` as of f3507a4: every job every period, ads read
+    and checks made on the event loop."""
 
     async def refresh(self, known: KnownRecords | None = None) -> int:
         started = time.time()
@@ -132,6 +139,33 @@ class OldLauncher(HTCondorLauncher):
                 "edit", self._instance_constraint(), "DaskGatewayLeaseExpires", str(expires)
             )
         return len(stray)
+
+    async def check_workers(self, workers) -> list[Check]:
+        out = []
+        for w in workers:
+            job = self.jobs.get(w.name)
+            if job is None:
+                submitted = w.state.get("submitted", 0)
+                if self.cache_time <= submitted or self.schedd_error:
+                    why = "waiting for the schedd to list the job"
+                    if self.schedd_error:
+                        why = f"schedd unreachable ({self.schedd_error})"
+                    out.append(Check(Phase.PENDING, why))
+                else:
+                    reason = "the job left the schedd queue" + self._why(w)
+                    out.append(Check(Phase.FAILED, reason))
+            elif job.status == 5:
+                out.append(Check(Phase.FAILED, f"job held: {job.hold_reason}"))
+            elif job.status in (3, 4):
+                out.append(Check(Phase.FAILED, "the job ended" + self._why(w)))
+            elif job.status == 2:
+                out.append(Check(Phase.RUNNING))
+            else:
+                why = "idle in the schedd queue, waiting for a slot"
+                if job.why_idle:
+                    why += f" ({job.why_idle})"
+                out.append(Check(Phase.PENDING, why))
+        return out
 
 
 async def period_cost(launcher, workers, before=None) -> tuple[float, float, float]:
