@@ -11,7 +11,7 @@ keep-alive connection per gateway, as a user owning 2 of the N clusters (the
 answer has the same size whatever N: cost should be flat) and as one owning all
 of them (the answer grows with N for both). Prints p50/p99 and elastic/upstream.
 
-    python benchmarks/list_latency.py [--sizes 10,50,100] [--requests 400]
+    python benchmarks/list_latency.py [--sizes 10,50,100] [--requests 1500]
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def pct(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,50,100")
-    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--requests", type=int, default=1500)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="eg-list-bench-"))
     rows = []
