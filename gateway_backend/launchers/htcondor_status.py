@@ -6,8 +6,8 @@ period asks only for what changed: jobs whose ``EnteredCurrentStatus`` is at
 or after the schedd's clock at the previous query (``ServerTime``), and jobs
 known to be on their way out. Jobs that leave the queue without being seen
 doing so show up as a wrong count in the lease renewal, which matches every
-job; that, and a timer, trigger a full query. Everything here is plain
-computation on ads, run in the thread that made the schedd call.
+job; that, and a timer, trigger a full query. ``parse_ads`` runs in the
+thread that made the schedd call; the rest is bookkeeping on the event loop.
 """
 
 from __future__ import annotations
