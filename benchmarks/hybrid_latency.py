@@ -5,6 +5,9 @@ Pods start fast but the Kubernetes allocation is small (a node with room for
 idle in the schedd) but the pool is large. Runs the three configurations side
 by side, alternating, on the real control plane with the process kubelet (pod
 start delay ``--pod-latency``) and the schedd stand-in, and prints medians.
+"pods, spawn" is "pods only" with the worker start of f3507a4 (the nanny spawns
+a new interpreter for its worker instead of forking it:
+``KubernetesLauncher.nanny_start_method = "spawn"``), for the ratio.
 
     python benchmarks/hybrid_latency.py [--workers 8] [--pod-slots 4] [--reps 3]
 """
@@ -72,6 +75,7 @@ def main() -> int:
             n, slots = args.workers, args.pod_slots
             configs: dict[str, dict] = {
                 "pods only": {"pods": {"launcher": "kubernetes"}},
+                "pods, spawn": {"pods": {"launcher": "kubernetes"}},
                 "HTCondor only": {"condor": {"launcher": "htcondor"}},
                 # The admin caps the pod pool at what the allocation holds: spill at once.
                 "hybrid, capped": {
@@ -91,11 +95,10 @@ def main() -> int:
                 k = K8sGateway(env, gateways, tmp)
                 made.append(k)
                 # The node fits the scheduler (1 core) and `slots` one-core worker pods.
-                runs[name] = k.start(
-                    cpu=str(1 + slots),
-                    start_delay=args.pod_latency,
-                    extra=hybrid_config(pools, factory, tmp),
-                )
+                extra = hybrid_config(pools, factory, tmp)
+                if name == "pods, spawn":
+                    extra += 'c.KubernetesLauncher.nanny_start_method = "spawn"\n'
+                runs[name] = k.start(cpu=str(1 + slots), start_delay=args.pod_latency, extra=extra)
             results: dict[str, list] = {name: [] for name in configs}
             for rep in range(args.reps):
                 order = list(configs) if rep % 2 == 0 else list(reversed(configs))
@@ -132,6 +135,12 @@ def main() -> int:
                 shown = f"{full:>16.2f} s"
                 ratios = f"first {first / base_first:.2f}, all {full / base_full:.2f}"
             print(f"{name:<16}{first:>12.2f} s{shown}   {ratios}")
+        new, old = (
+            statistics.median(r[0] for r in results[n]) for n in ("pods only", "pods, spawn")
+        )
+        print(
+            f"first pod worker, fork / spawn (f3507a4): {new:.2f} s / {old:.2f} s = {new / old:.2f}"
+        )
         return 0
     finally:
         for k in made:

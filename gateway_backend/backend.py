@@ -43,9 +43,13 @@ from .pools import PoolBook, WorkerPool, parse_pool_specs
 from .profile_book import ProfileBook
 from .quota_book import QuotaBook
 from .quotas import holds_resources
+from .record_changes import CountedOnce, RecordChanges
 from .records import create_workers
 from .restart import reconcile_after_restart
 from .scale_down import PoolOrderScaleDown
+from .sqlite_tuning import tune_sqlite
+from .tls_keys import TLSKeys
+from .tls_keys import install as use_prepared_tls_keys
 from .usertext import one_line
 from .views import GatewayViews
 
@@ -114,7 +118,17 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
 
     async def setup(self, app) -> None:
         self._started_launchers: list[Launcher] = []  # released in reverse on shutdown
-        self.quotas = QuotaBook(self.vos, self.users_without_vo, lambda: self.db.active_clusters())
+        self.record_changes = RecordChanges()  # counted from do_setup on
+        self._pool_counts = CountedOnce(
+            self.record_changes,
+            lambda: self.pools.usage(self.db.active_clusters(), holds_resources),
+        )
+        self.quotas = QuotaBook(
+            self.vos,
+            self.users_without_vo,
+            lambda: self.db.active_clusters(),
+            version=lambda: self.record_changes.version,
+        )
         # A stopped cluster's events stay readable as long as upstream keeps its record.
         self.events = EventLog(keep_stopped_for=self.db_cluster_max_age)
         # Latest pending/failure reason per worker name, from the launchers' checks.
@@ -125,6 +139,8 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
             self.scale_down_order, self.retire_timeout, self.events, self.log
         )
         self._loops = TaskPool()
+        self.tls_keys = TLSKeys()
+        use_prepared_tls_keys()
         # Launchers are set up before upstream's setup starts the reconcilers that call
         # them, but their context needs the proxy's addresses (and ``api_url``, whose
         # default reads ``self.proxy``): the same Proxy config upstream reads, early.
@@ -163,6 +179,8 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
 
     async def do_setup(self) -> None:
         """After a restart: remove what runs without a record, fail records without a process."""
+        tune_sqlite(self.db.db, self.sqlite_synchronous)  # upstream just opened it
+        self.record_changes.watch(self.db)
         bursts = [p.burst_after for p in self.pools.pools if p.burst_after]
         if bursts:
             period = max(0.2, min(min(bursts) / 4, self.worker_status_period))
@@ -195,6 +213,11 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
         for launcher in reversed(getattr(self, "_started_launchers", [])):
             await launcher.cleanup()
 
+    async def start_cluster(self, user, cluster_options):
+        # The new record's RSA key is made in a thread, not on the event loop (tls_keys).
+        await self.tls_keys.prepare()
+        return await super().start_cluster(user, cluster_options)
+
     def facts_of(self, cluster: Cluster) -> ClusterFacts:
         return facts_of_vo(self.quotas.vo_of(cluster))
 
@@ -203,8 +226,9 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
         return self.pools.pool_of(worker).name
 
     def pool_usage(self) -> dict[str, int]:
-        """Workers per pool over all clusters, stopping ones until they are gone."""
-        return self.pools.usage(self.db.active_clusters(), holds_resources)
+        """Workers per pool over all clusters, stopping ones until they are gone (a copy
+        of the count made once per change of the records)."""
+        return dict(self._pool_counts())
 
     def _fail_cluster(self, cluster: Cluster, reason: str) -> None:
         self.log.warning("Cluster %s failed: %s", cluster.name, reason)
@@ -358,6 +382,7 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
 
     async def _start_batch(self, cluster: Cluster, pool: WorkerPool, n: int) -> None:
         workers = create_workers(self.db, cluster, pool.name, n)
+        self.record_changes.bump()  # written past DataManager's methods
         self.log.info("Starting %d workers for cluster %s in pool %s", n, cluster.name, pool.name)
         try:
             async with asyncio.timeout(self.worker_start_timeout):

@@ -11,7 +11,18 @@ import os
 
 from dask_gateway_server.backends.base import ClusterConfig
 from dask_gateway_server.traitlets import Type
-from traitlets import Dict, Float, Integer, List, TraitError, Unicode, Union, default, validate
+from traitlets import (
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
 from traitlets.config import Configurable
 
 from .config import ConfigError
@@ -213,5 +224,19 @@ class ElasticSettings(Configurable):
         5.0,
         min=0.1,
         help="Seconds before retrying to start workers in a pool whose service was unreachable.",
+        config=True,
+    )
+
+    sqlite_synchronous = CaselessStrEnum(
+        ["FULL", "NORMAL", "OFF"],
+        "NORMAL",
+        help="""
+        With a SQLite database file (the embedded default): the database runs in
+        write-ahead-log mode and this is its ``PRAGMA synchronous``. ``NORMAL``:
+        commits do not wait for the disk (a crash of the gateway loses nothing; a
+        power loss may lose the last transactions, never the database; the
+        gateway reconciles with what runs when it starts again). ``FULL``: every
+        commit waits for the disk, on the event loop. PostgreSQL is not affected.
+        """,
         config=True,
     )

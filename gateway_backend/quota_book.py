@@ -2,8 +2,11 @@
 what a request may have, and how often VOs refused (for the metrics).
 
 ``quotas.py`` holds the arithmetic; this object applies it to the live records,
-which it reads through ``active_clusters`` on every question, so the answers
-are right after a restart and never drift from the database.
+which it reads through ``active_clusters``, so the answers are right after a
+restart and never drift from the database. Counting walks every worker of every
+active cluster (20,000 workers: ~10 ms), so with a ``version`` (anything that
+changes whenever a cluster or worker record does) the count of all VOs at once
+is kept until the next change, instead of being made again for each question.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class QuotaBook:
         vos: Mapping[str, Any],
         users_without_vo: str,
         active_clusters: Callable[[], Iterable[Cluster]],
+        version: Callable[[], object] | None = None,
     ) -> None:
         self.vos: dict[str, VO] = parse_vos(vos)
         if self.vos and users_without_vo != "refuse" and users_without_vo not in self.vos:
@@ -48,6 +52,8 @@ class QuotaBook:
             )
         self.users_without_vo = users_without_vo
         self._active_clusters = active_clusters
+        self._version = version
+        self._counted: tuple[object, dict[str, Usage]] | None = None  # (version, usage)
         # (VO label, kind) -> count; labels are configured VO names, "" or "(unknown)".
         self.refusals: dict[tuple[str, str], int] = defaultdict(int)
 
@@ -64,8 +70,17 @@ class QuotaBook:
         return self.vos.get(cluster.options.get("vo") or "")
 
     def usage_of(self, vo: VO) -> Usage:
-        clusters = (c for c in self._active_clusters() if c.options.get("vo") == vo.name)
-        return vo_usage(clusters).get(vo.name, Usage())
+        """What ``vo``'s active clusters hold now (shared between callers: read only)."""
+        return self.usage_by_vo().get(vo.name) or Usage()
+
+    def usage_by_vo(self) -> Mapping[str, Usage]:
+        """Usage of every VO, counted once per ``version`` of the records."""
+        version = self._version() if self._version is not None else None
+        if version is None:
+            return vo_usage(self._active_clusters())
+        if self._counted is None or self._counted[0] != version:
+            self._counted = (version, vo_usage(self._active_clusters()))
+        return self._counted[1]
 
     def visible_to(self, user) -> list[VO]:
         """Admins see every VO; users the VOs their groups give them (or the fallback VO)."""

@@ -17,8 +17,7 @@ import re
 import shutil
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -52,40 +51,21 @@ from .htcondor_quoting import (
     submit_literal,
 )
 from .htcondor_settings import HTCondorSettings
+from .htcondor_status import (
+    PROJECTION,
+    JobInfo,
+    QueryResult,
+    changes_constraint,
+    count_is_plausible,
+    mark_removed,
+    merge_changes,
+    parse_ads,
+)
 from .staging import write_credentials
 from .worker_network import batch_worker_command
 
 if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster, Worker
-
-# JobStatus values (htcondor2.JobStatus)
-IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
-
-MAX_REASON = 300  # characters of a hold/idle reason kept per job
-
-PROJECTION = [
-    "ClusterId",
-    "ProcId",
-    "JobStatus",
-    "DaskGatewayCluster",
-    "DaskGatewayWorker",
-    "HoldReason",
-    "EnteredCurrentStatus",
-    "LastRejMatchReason",
-]
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """What the status cache knows about one job."""
-
-    job_id: str
-    cluster: str
-    worker: str
-    status: int
-    hold_reason: str = ""
-    why_idle: str = ""
-
 
 #: Stands for ``$(worker_name)`` in a worker's arguments until they are quoted: the one
 #: macro the gateway means. (A user argument equal to it would only become the worker's
@@ -119,6 +99,10 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
         self.schedd_error = ""  # the last schedd failure, cleared on success
         self._removals: list[Any] = []  # job specs whose removal must be retried
         self._status_delay = self.status_period  # longer after failures
+        self._since: int | None = None  # schedd clock of the last query; None: query all
+        self._last_full = 0.0  # when all jobs were last queried
+        self._removed_since: set[str] = set()  # workers whose jobs this gateway removed
+        self._submitted = 0  # jobs submitted since the last query began
         self._tasks = TaskPool()
         run_periodically(
             self._tasks,
@@ -164,11 +148,17 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One blocking schedd call off the event loop; failures become LauncherUnavailable."""
+        return await self._in_thread(
+            method, lambda schedd: getattr(schedd, method)(*args, **kwargs)
+        )
+
+    async def _in_thread(self, what: str, work: Callable[[Any], Any]) -> Any:
+        """``work(schedd)`` in a thread, with ``schedd_timeout``; failures: LauncherUnavailable."""
 
         def run():
             if self._schedd is None:
                 self._schedd = self._locate()
-            return getattr(self._schedd, method)(*args, **kwargs)
+            return work(self._schedd)
 
         try:
             async with asyncio.timeout(self.schedd_timeout):
@@ -178,8 +168,14 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
         except Exception as exc:
             self._schedd = None  # locate again next time: the schedd may have moved
             self.schedd_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise LauncherUnavailable(f"schedd {method} failed: {self.schedd_error}") from exc
+            raise LauncherUnavailable(f"schedd {what} failed: {self.schedd_error}") from exc
         return result
+
+    async def _query(self, constraint: str) -> QueryResult:
+        """One query, its ads read into ``JobInfo`` in the same thread (not on the loop)."""
+        return await self._in_thread(
+            "query", lambda schedd: parse_ads(schedd.query(constraint, PROJECTION))
+        )
 
     def _instance_constraint(self, cluster_name: str | None = None) -> str:
         constraint = f"DaskGatewayInstance == {constraint_string(self.gateway_id)}"
@@ -204,49 +200,68 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
             self._status_delay = self.status_period
 
     async def refresh(self, known: KnownRecords | None = None) -> int:
-        """One query for all of this gateway's jobs, one lease renewal, retried removals.
+        """One query for this gateway's changed jobs, one lease renewal, retried removals.
 
-        Jobs of workers without a record in ``known`` (default: the gateway's
-        records now) are removed too: a submit that timed out but went through,
-        jobs of a gateway that restarted. Returns how many such jobs were removed.
+        The query asks only for jobs that changed since the previous one
+        (``htcondor_status``), except every ``status_full_period`` and when the
+        lease renewal matched another number of jobs than the cache holds: then
+        for all of them. Jobs of workers without a record in ``known`` (default:
+        the gateway's records now) are removed too: a submit that timed out but
+        went through, jobs of a gateway that restarted. Returns how many such
+        jobs were removed.
         """
         started = time.time()
-        ads = await self._call("query", self._instance_constraint(), PROJECTION)
-        jobs = {}
-        for ad in ads:
-            info = JobInfo(
-                job_id=f"{ad['ClusterId']}.{ad['ProcId']}",
-                cluster=str(ad.get("DaskGatewayCluster", "")),
-                worker=str(ad.get("DaskGatewayWorker", "")),
-                status=int(ad.get("JobStatus", IDLE)),
-                hold_reason=str(ad.get("HoldReason", ""))[:MAX_REASON],
-                why_idle=str(ad.get("LastRejMatchReason", ""))[:MAX_REASON],
-            )
-            jobs[info.worker] = info
-        self.jobs = jobs
+        self._submitted = 0
+        if not await self._query_changes(started):
+            await self._query_all(started)
         self.cache_time = started
         self.schedd_error = ""
         known = self.context.known_records() if known is None else known
-        stray = [job.job_id for job in jobs.values() if job.worker not in known.workers]
+        stray = [job for job in self.jobs.values() if job.worker not in known.workers]
         if stray:
             self.log.warning(
                 "Removing %d HTCondor jobs with no worker record (%s)",
                 len(stray),
                 self.context.name or self.kind,
             )
-            await self._remove(stray)
-        if jobs:
+            await self._remove([job.job_id for job in stray], [job.worker for job in stray])
+        if self.jobs:
             expires = int(time.time() + self.lease_duration)
-            await self._call(
+            matched = await self._call(
                 "edit", self._instance_constraint(), "DaskGatewayLeaseExpires", str(expires)
             )
+            if not count_is_plausible(matched, self.jobs, self._removed_since, self._submitted):
+                self._since = None  # jobs left the queue unseen: ask for all next time
         if self._removals:
             pending, self._removals = self._removals, []
             for spec in pending:
                 await self._remove(spec)
         return len(stray)
 
-    async def _remove(self, spec: Any) -> None:
+    async def _query_changes(self, now: float) -> bool:
+        """Fold the jobs changed since the last query into the cache; False: a full one is due."""
+        if self._since is None or now - self._last_full >= self.status_full_period:
+            return False
+        changes = await self._query(changes_constraint(self._instance_constraint(), self._since))
+        mark_removed(self.jobs, self._removed_since)
+        self._removed_since.clear()
+        merge_changes(self.jobs, changes)
+        if changes.server_time is not None:
+            self._since = changes.server_time
+        return True
+
+    async def _query_all(self, now: float) -> None:
+        """Replace the cache with every job of this gateway."""
+        result = await self._query(self._instance_constraint())
+        self.jobs = result.jobs
+        mark_removed(self.jobs, self._removed_since)
+        self._removed_since.clear()
+        self._last_full = now
+        # Without the schedd's clock, there is no "since": every query stays a full one.
+        self._since = result.server_time
+
+    async def _remove(self, spec: Any, workers: Sequence[str] = ()) -> None:
+        """Remove jobs (ids or a constraint); the cache expects ``workers``' jobs to leave."""
         import htcondor2
 
         try:
@@ -254,6 +269,7 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
         except LauncherUnavailable:
             self._removals.append(spec)  # retried every status period; the lease is the backstop
             raise
+        self._removed_since.update(workers)
 
     # -- per-cluster files -------------------------------------------------------------
     def cluster_directory(self, cluster: Cluster) -> str:
@@ -356,6 +372,7 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
         itemdata = [{"worker_name": w.name} for w in workers]
         result = await self._call("submit", submit, itemdata=iter(itemdata))
         cluster_id, first = result.cluster(), result.first_proc()
+        self._submitted += len(workers)
         submitted = time.time()
         return [
             {"job_id": f"{cluster_id}.{first + i}", "submitted": submitted}
@@ -365,11 +382,12 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
     async def stop_workers(self, workers: Sequence[Worker]) -> None:
         ids = [w.state["job_id"] for w in workers if "job_id" in w.state]
         if ids:
-            await self._remove(ids)
+            await self._remove(ids, [w.name for w in workers if "job_id" in w.state])
 
     async def stop_cluster_workers(self, cluster: Cluster, workers: Sequence[Worker]) -> None:
         try:
-            await self._remove(self._instance_constraint(cluster.name))
+            names = [w.name for w in workers]
+            await self._remove(self._instance_constraint(cluster.name), names)
         finally:
             shutil.rmtree(self.cluster_directory(cluster), ignore_errors=True)
 
@@ -396,17 +414,10 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
                 else:
                     reason = "the job left the schedd queue" + self._why(w)
                     out.append(Check(Phase.FAILED, reason))
-            elif job.status == HELD:
-                out.append(Check(Phase.FAILED, f"job held: {job.hold_reason}"))
-            elif job.status in (REMOVED, COMPLETED):
-                out.append(Check(Phase.FAILED, "the job ended" + self._why(w)))
-            elif job.status == RUNNING:
-                out.append(Check(Phase.RUNNING))
+            elif job.check is not None:
+                out.append(job.check)  # made once per job change, when the ad was read
             else:
-                why = "idle in the schedd queue, waiting for a slot"
-                if job.why_idle:
-                    why += f" ({job.why_idle})"
-                out.append(Check(Phase.PENDING, why))
+                out.append(Check(Phase.FAILED, "the job ended" + self._why(w)))
         return out
 
     async def remove_unknown(self, known: KnownRecords) -> int:

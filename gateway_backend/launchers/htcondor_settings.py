@@ -172,6 +172,21 @@ class HTCondorSettings(WorkerNetworkSettings, Configurable):
         config=True,
     )
 
+    status_full_period = Float(
+        300.0,
+        help="""
+        Seconds between full schedd queries (every job of this gateway). In
+        between, each status period asks only for jobs whose status changed
+        since the previous query (by ``EnteredCurrentStatus`` against the
+        schedd's ``ServerTime``) and those leaving the queue, so a period costs
+        little whatever the number of jobs; a lease renewal that matches
+        another number of jobs than expected makes the next query a full one.
+        Idle reasons (``LastRejMatchReason``) of jobs whose status did not
+        change are refreshed only by full queries. 0: every query is full.
+        """,
+        config=True,
+    )
+
     lease_duration = Float(
         600.0,
         help="""

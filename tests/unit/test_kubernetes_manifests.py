@@ -221,6 +221,30 @@ def test_worker_pod_is_owned_by_the_scheduler_and_never_sees_the_token():
     assert [i["key"] for i in volume["secret"]["items"]] == ["dask.crt", "dask.pem"]
 
 
+METHOD = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
+
+
+def test_a_worker_pods_nanny_forks_its_worker_by_default():
+    pod = worker_pod(make_settings(), make_cluster(), "w1", SCHEDULER_UID)
+    assert env_of(pod)[METHOD] == "fork"
+
+
+def test_spawn_restores_distributeds_own_worker_start():
+    pod = worker_pod(make_settings(nanny_start_method="spawn"), make_cluster(), "w1", SCHEDULER_UID)
+    assert env_of(pod)[METHOD] == "spawn"
+
+
+def test_the_admins_environment_chooses_the_nannys_start_method_over_the_setting():
+    settings = make_settings(environment={METHOD: "forkserver"})
+    pod = worker_pod(settings, make_cluster(), "w1", SCHEDULER_UID)
+    assert env_of(pod)[METHOD] == "forkserver"
+
+
+def test_without_a_nanny_no_start_method_is_set():
+    pod = worker_pod(make_settings(nanny=False), make_cluster(), "w1", SCHEDULER_UID)
+    assert METHOD not in env_of(pod)
+
+
 def test_worker_gpus_request_the_gpu_resource_and_cpu_limits_can_be_off():
     settings = make_settings(cpu_limits=False)
     gpu_pod = worker_pod(settings, make_cluster(worker_gpus=2), "w", SCHEDULER_UID)

@@ -42,6 +42,12 @@ def test_upstream_still_calls_the_private_methods_we_override():
         assert f"self.{name}(" in source, f"upstream no longer calls {name}"
 
 
+def test_cluster_records_still_get_their_keys_from_the_module_level_new_keypair():
+    # tls_keys.install replaces db_base.new_keypair to make keys off the event loop.
+    assert "new_keypair(cluster_name)" in inspect.getsource(DataManager.create_cluster)
+    assert hasattr(db_base, "new_keypair")
+
+
 def test_worker_rows_have_the_columns_records_py_writes():
     columns = {c.name for c in db_base.workers.columns}
     assert columns == {

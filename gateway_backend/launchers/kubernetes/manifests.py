@@ -78,6 +78,7 @@ class ManifestSettings:
     api_port: int
     nanny: bool
     worker_extra_args: Sequence[str]
+    nanny_start_method: str = "fork"
 
 
 # -- names, labels and the selectors that find them ---------------------------------------------
@@ -305,6 +306,10 @@ def worker_pod(
         cert_path=_credentials_path(settings, CERT_FILE),
         key_path=_credentials_path(settings, KEY_FILE),
     )
+    if settings.nanny:
+        # "fork": the nanny forks its worker instead of a new interpreter importing it all.
+        method = settings.nanny_start_method
+        env.setdefault("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD", method)
     env.update({str(k): str(v) for k, v in settings.environment.items()})
     config = cluster.config
     resources = _resources(

@@ -318,6 +318,19 @@ class KubernetesSettings(Configurable):
 
     nanny = Bool(True, help="Run a Nanny in worker pods.", config=True)
 
+    nanny_start_method = Enum(
+        ["fork", "spawn", "forkserver"],
+        "fork",
+        help="""
+        ``distributed.worker.multiprocessing-method`` in worker pods with a
+        Nanny: ``fork`` lets the nanny fork its worker from the interpreter that
+        has already imported distributed (about as long again as the nanny's own
+        start saved on the first worker); ``spawn`` (distributed's default) starts
+        a new interpreter for it. ``environment`` may set it too, and wins.
+        """,
+        config=True,
+    )
+
     worker_extra_args = List(Unicode(), [], help="Extra arguments of ``dask worker``.", config=True)
 
     def _manifest_settings(self) -> ManifestSettings:
