@@ -46,6 +46,7 @@ from .quotas import holds_resources
 from .record_changes import CountedOnce, RecordChanges
 from .records import create_workers
 from .restart import reconcile_after_restart
+from .restarts import RestartGrace
 from .scale_down import PoolOrderScaleDown
 from .sqlite_tuning import tune_sqlite
 from .tls_keys import TLSKeys
@@ -135,6 +136,7 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
         self.worker_conditions: dict[str, Check] = {}
         # Clusters with fewer workers than requested (pools full, VO quota), in request order.
         self._waiting: dict[str, None] = {}
+        self._restarts = RestartGrace(self.worker_restart_grace)
         self._scale_down = PoolOrderScaleDown(
             self.scale_down_order, self.retire_timeout, self.events, self.log
         )
@@ -326,7 +328,10 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
         count = self._scale_down.heartbeat_count(cluster_name, msg["count"])
-        await super().on_cluster_heartbeat(cluster_name, {**msg, "count": count})
+        record = self.db.get_cluster(cluster_name)
+        expected = [w.name for w in record.workers.values() if w.close_expected] if record else []
+        msg = self._restarts.hold(cluster_name, {**msg, "count": count}, expected)
+        await super().on_cluster_heartbeat(cluster_name, msg)
 
     def _note_waiting(self, cluster: Cluster, why: str) -> None:
         if cluster.name not in self._waiting:
@@ -447,6 +452,7 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
             await self._record_why_the_scheduler_stopped(cluster)
         await super()._cluster_to_stopped(cluster)
         self.events.stopped(cluster.name)
+        self._restarts.forget(cluster.name)
         self._waiting.pop(cluster.name, None)
         self._wake_waiting()
 

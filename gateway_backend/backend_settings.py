@@ -220,6 +220,18 @@ class ElasticSettings(Configurable):
     def _default_metrics_api_token(self) -> str:
         return os.environ.get("ELASTIC_GATEWAY_METRICS_TOKEN", "")
 
+    worker_restart_grace = Float(
+        30.0,
+        min=0,
+        help="""
+        Seconds a worker the scheduler reports gone without being asked (a Nanny
+        restarting it for ``client.restart()`` or a nanny plugin) still counts as
+        running, so its job or pod is not stopped while it comes back. A worker
+        that is really gone is noticed by its launcher's own check meanwhile.
+        """,
+        config=True,
+    )
+
     launcher_retry_delay = Float(
         5.0,
         min=0.1,

@@ -1,0 +1,57 @@
+"""Workers that leave the scheduler and come back: a Nanny restarting its worker.
+
+``client.restart()``, a nanny plugin (``Environ``, ``PipInstall``) or a worker the
+Nanny revives after a crash leaves the scheduler and registers again under the same
+name seconds later. dask-gateway's scheduler reports it as closed at once, and
+upstream's backend would then stop its job or pod, leaving the cluster with no
+workers (coffea-casa #460). Unexpected closures are held back as still active for
+``grace`` seconds; a worker that is really gone is also noticed by its launcher's
+own check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+class RestartGrace:
+    """Per cluster and worker name: since when the scheduler reports it closed."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._closed_since: dict[tuple[str, str], float] = {}
+
+    def hold(
+        self,
+        cluster: str,
+        msg: Mapping[str, Any],
+        expected: Iterable[str] = (),
+        now: float | None = None,
+    ) -> Mapping[str, Any]:
+        """The heartbeat with unexpected closures younger than ``grace`` counted active.
+
+        ``expected``: workers asked to leave (scaled down, retired), never held.
+        """
+        now = time.monotonic() if now is None else now
+        closed = set(msg["closed_workers"])
+        expected = {*expected, *msg["closing_workers"]}
+        for key in [k for k in self._closed_since if k[0] == cluster and k[1] not in closed]:
+            del self._closed_since[key]  # back (or stopped): its next closure starts afresh
+        held = {
+            name
+            for name in closed - expected
+            if now - self._closed_since.setdefault((cluster, name), now) < self.grace
+        }
+        if not held:
+            return msg
+        return {
+            **msg,
+            "active_workers": [*msg["active_workers"], *sorted(held)],
+            "closed_workers": [n for n in msg["closed_workers"] if n not in held],
+        }
+
+    def forget(self, cluster: str) -> None:
+        for key in [k for k in self._closed_since if k[0] == cluster]:
+            del self._closed_since[key]
