@@ -99,6 +99,8 @@ def pending_reasons(pool: SlurmPool, cluster: str, code: str) -> list[str]:
 
 SMALL = 'c.SlurmLauncher.partition = "small"\n'  # 2 CPUs: further 1-core jobs pend (Resources)
 
+SUBMIT = "POST /slurm/v0.0.38/job/submit"
+
 #: The same behaviour through the command-line tools and through slurmrestd.
 TRANSPORTS = pytest.mark.parametrize("transport", ["cli", "rest"])
 
@@ -112,6 +114,8 @@ def test_slurm_workers_run_as_one_job_array_and_compute_through_the_proxy(
     pool = make_pool(
         f"c.SlurmLauncher.status_query = {query!r}\n" + slurm.transport_config(transport)
     )
+    rest_log = slurm.harness.rest_requests if slurm.harness and slurm.rest_url else None
+    before = rest_log(SUBMIT) if rest_log else 0
     cluster = pool.gw.new_cluster()
     cluster.scale(2)
     wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="2 Slurm workers")
@@ -128,6 +132,8 @@ def test_slurm_workers_run_as_one_job_array_and_compute_through_the_proxy(
     client.close()
     cluster.shutdown()
     wait_for(lambda: pool.tasks() == {}, what="no job after stop")
+    if rest_log:  # the jobs went through slurmrestd exactly when asked to
+        assert rest_log(SUBMIT) - before == (1 if transport == "rest" else 0)
 
 
 @needs_own_daemons

@@ -214,6 +214,11 @@ class SlurmHarness:
             raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
 
+    def rest_requests(self, request: str) -> int:
+        """How many ``request`` lines (``POST /slurm/v0.0.38/job/submit``) slurmrestd logged."""
+        path = self.root / "log" / "slurmrestd.stdout"
+        return path.read_text(errors="replace").count(f"] {request}") if path.exists() else 0
+
     def _controller_answers(self) -> bool:
         with contextlib.suppress(subprocess.TimeoutExpired):
             return "UP" in self.run("scontrol", "ping", timeout=5, check=False)
