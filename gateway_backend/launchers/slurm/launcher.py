@@ -9,7 +9,9 @@ strays from that one query. Each cluster's staging directory (0700, on a file
 system the compute nodes share) holds its TLS files and a lease file the gateway
 touches every period; a job whose lease lapsed stops its worker, so jobs end by
 themselves when the gateway is gone. Workers reach their scheduler through the
-gateway proxy's TLS address with SNI ``daskgateway-<cluster>``.
+gateway proxy's TLS address with SNI ``daskgateway-<cluster>``. With
+``slurmrestd_url`` set the same three operations go to slurmrestd (``rest.py``)
+instead of the commands (``client.py``); nothing else differs.
 
 Slurm keeps 1024 characters of a comment, too few for a big array's worker
 names: the comment names a batch, and ``<staging>/<cluster>/batches/<batch>``

@@ -30,6 +30,10 @@ API = "/slurm/v0.0.38"
 
 #: Slurm error numbers that mean "could not talk to slurmctld" (slurm_errno.h).
 _UNREACHABLE_ERRORS = frozenset({1001, 1800, 1801, 1802, 1803, 5004, 5005})
+#: HTTP statuses that are no answer of Slurm's: a proxy without slurmrestd behind it, or
+#: credentials slurmrestd does not take (an expired token: the admin's to fix, not the
+#: analyst's, so the pool waits rather than failing clusters).
+_OUTAGE = frozenset({401, 403, 502, 503, 504})
 #: Cancelling a job that already ended (or is gone) is fine: ESLURM_INVALID_JOB_ID, ALREADY_DONE.
 _GONE_ERRORS = frozenset({2017, 2021})
 
@@ -158,7 +162,7 @@ def check_answer(
         return  # fine, or only errors the caller may ignore (a job already gone)
     message = f"slurmrestd {what} failed ({status}): {error_words({'errors': errors})}"
     codes = {int(e.get("error_number", e.get("error_code", 0)) or 0) for e in errors}
-    if status in (502, 503, 504) or codes & _UNREACHABLE_ERRORS or _UNREACHABLE.search(message):
+    if status in _OUTAGE or codes & _UNREACHABLE_ERRORS or _UNREACHABLE.search(message):
         raise LauncherUnavailable(message)
     raise SlurmRefused(message)
 
@@ -228,7 +232,8 @@ class SlurmRestClient:
         except ValueError:
             document = None
         if not isinstance(document, dict):
-            kind = LauncherUnavailable if status >= 500 or status < 400 else SlurmRefused
+            outage = status >= 500 or status < 400 or status in _OUTAGE
+            kind = LauncherUnavailable if outage else SlurmRefused
             raise kind(f"slurmrestd {what} answered {status} without JSON: {text[:200]!r}")
         check_answer(status, document, what, ignore)
         return document
