@@ -99,10 +99,23 @@ def pending_reasons(pool: SlurmPool, cluster: str, code: str) -> list[str]:
 
 SMALL = 'c.SlurmLauncher.partition = "small"\n'  # 2 CPUs: further 1-core jobs pend (Resources)
 
+SUBMIT = "POST /slurm/v0.0.38/job/submit"
 
-@pytest.mark.parametrize("query", ["fields", "json"])
-def test_slurm_workers_run_as_one_job_array_and_compute_through_the_proxy(make_pool, query):
-    pool = make_pool(f"c.SlurmLauncher.status_query = {query!r}\n")
+#: The same behaviour through the command-line tools and through slurmrestd.
+TRANSPORTS = pytest.mark.parametrize("transport", ["cli", "rest"])
+
+
+@pytest.mark.parametrize(
+    ("transport", "query"), [("cli", "fields"), ("cli", "json"), ("rest", "fields")]
+)
+def test_slurm_workers_run_as_one_job_array_and_compute_through_the_proxy(
+    make_pool, slurm, transport, query
+):
+    pool = make_pool(
+        f"c.SlurmLauncher.status_query = {query!r}\n" + slurm.transport_config(transport)
+    )
+    rest_log = slurm.harness.rest_requests if slurm.harness and slurm.rest_url else None
+    before = rest_log(SUBMIT) if rest_log else 0
     cluster = pool.gw.new_cluster()
     cluster.scale(2)
     wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="2 Slurm workers")
@@ -119,11 +132,16 @@ def test_slurm_workers_run_as_one_job_array_and_compute_through_the_proxy(make_p
     client.close()
     cluster.shutdown()
     wait_for(lambda: pool.tasks() == {}, what="no job after stop")
+    if rest_log:  # the jobs went through slurmrestd exactly when asked to
+        assert rest_log(SUBMIT) - before == (1 if transport == "rest" else 0)
 
 
 @needs_own_daemons
-def test_scale_down_cancels_exactly_the_chosen_jobs_and_pending_ones_say_why(make_pool):
-    pool = make_pool(SMALL)
+@TRANSPORTS
+def test_scale_down_cancels_exactly_the_chosen_jobs_and_pending_ones_say_why(
+    make_pool, slurm, transport
+):
+    pool = make_pool(SMALL + slurm.transport_config(transport))
     cluster = pool.gw.new_cluster()
     cluster.scale(4)
     wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="2 running workers")
@@ -143,8 +161,9 @@ def test_scale_down_cancels_exactly_the_chosen_jobs_and_pending_ones_say_why(mak
 
 
 @needs_own_daemons
-def test_stopping_a_cluster_leaves_no_job_and_no_staged_file(make_pool):
-    pool = make_pool(SMALL)
+@TRANSPORTS
+def test_stopping_a_cluster_leaves_no_job_and_no_staged_file(make_pool, slurm, transport):
+    pool = make_pool(SMALL + slurm.transport_config(transport))
     cluster = pool.gw.new_cluster()
     cluster.scale(3)  # 2 running, 1 pending
     wait_for(lambda: len(pool.tasks(cluster.name)) == 3, what="3 jobs")
@@ -205,8 +224,9 @@ def test_cluster_key_is_in_no_job_description_script_command_line_or_environment
 
 
 @needs_own_daemons
-def test_a_30s_slurmctld_outage_is_survived(make_pool):
-    pool = make_pool()
+@TRANSPORTS
+def test_a_30s_slurmctld_outage_is_survived(make_pool, slurm, transport):
+    pool = make_pool(slurm.transport_config(transport))
     cluster = pool.gw.new_cluster()
     cluster.scale(1)
     wait_for(lambda: workers_of(cluster) == 1, timeout=90, what="1 worker")
@@ -308,11 +328,14 @@ def test_a_restarted_gateway_adopts_its_jobs_cancels_strays_and_the_lease_ends_t
     assert all("lease lapsed before worker" in p.read_text() for p in logs)
 
 
-def test_a_submission_slurm_refuses_fails_the_cluster_with_slurms_words(make_pool):
+@TRANSPORTS
+def test_a_submission_slurm_refuses_fails_the_cluster_with_slurms_words(
+    make_pool, slurm, transport
+):
     # Slurm answers and says no: a failure the analyst reads, not an outage to wait out.
     pool = make_pool(
         'c.SlurmLauncher.partition = "no-such-partition"\n'
-        "c.ElasticBackend.worker_start_failure_limit = 2\n"
+        "c.ElasticBackend.worker_start_failure_limit = 2\n" + slurm.transport_config(transport)
     )
     cluster = pool.gw.new_cluster()
     cluster.scale(1)
@@ -354,9 +377,10 @@ def test_two_slurm_pools_with_their_own_staging_directories_leave_each_others_jo
 
 
 @needs_own_daemons
-def test_worker_jobs_ask_for_the_clusters_cores_memory_and_gpus(make_pool):
+@TRANSPORTS
+def test_worker_jobs_ask_for_the_clusters_cores_memory_and_gpus(make_pool, slurm, transport):
     # The harness's node has 2 (pretend) GPUs: a third 1-GPU worker waits for one.
-    pool = make_pool("c.ElasticClusterConfig.worker_gpus = 1\n")
+    pool = make_pool("c.ElasticClusterConfig.worker_gpus = 1\n" + slurm.transport_config(transport))
     cluster = pool.gw.new_cluster(worker_cores=2, worker_memory=3)
     cluster.scale(3)
     wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="2 running GPU workers")

@@ -4,8 +4,10 @@ Against a site's Slurm: set ``ELASTIC_GATEWAY_TEST_SLURM`` to its ``slurm.conf``
 ``ELASTIC_GATEWAY_TEST_SLURM_PARTITION`` to a partition whose jobs start,
 ``ELASTIC_GATEWAY_TEST_SLURM_STAGING`` to a directory the compute nodes share and
 ``ELASTIC_GATEWAY_TEST_SCHEDULER_ADDRESS`` to the proxy's TLS address as compute
-nodes see it. Tests that stop the controller or need the harness's ``small`` and
-``parked`` partitions are skipped there.
+nodes see it; for the slurmrestd variants also ``ELASTIC_GATEWAY_TEST_SLURMRESTD``
+(its URL) and ``ELASTIC_GATEWAY_TEST_SLURMRESTD_TOKEN_FILE`` (a JWT), else they
+skip. Tests that stop the controller or need the harness's ``small`` and ``parked``
+partitions are skipped there.
 
 Import ``slurm_fixture`` into a test module to use the ``slurm`` fixture; the daemons
 start once per test session and stop at its end (also when a test fails), whichever
@@ -26,9 +28,11 @@ import pytest
 from gateway_backend.launchers.slurm.client import JobRecord, job_records
 from gateway_backend.launchers.slurm.script import parse_comment, submitter_id
 
-from .harness import SlurmHarness, slurm_installed
+from .harness import RESTD, SlurmHarness, slurm_installed
 
 SITE_CONF = os.environ.get("ELASTIC_GATEWAY_TEST_SLURM", "")
+SITE_RESTD = os.environ.get("ELASTIC_GATEWAY_TEST_SLURMRESTD", "")
+SITE_RESTD_TOKEN = os.environ.get("ELASTIC_GATEWAY_TEST_SLURMRESTD_TOKEN_FILE", "")
 
 needs_own_daemons = pytest.mark.skipif(
     bool(SITE_CONF), reason="stops the controller or uses the harness's partitions"
@@ -44,6 +48,20 @@ class Slurm:
     staging: str = ""  # "" -> the test's tmp_path (same machine)
     harness: SlurmHarness | None = None
     env: dict[str, str] = field(default_factory=dict)
+    rest_url: str = ""  # slurmrestd's, "" when there is none
+
+    def transport_config(self, transport: str) -> str:
+        """Gateway config lines choosing ``transport`` ("cli" or "rest"); skip if unavailable."""
+        if transport == "cli":
+            return ""
+        if not self.rest_url and self.harness is not None:
+            pytest.fail("slurmrestd is not installed: `./run test` installs it")
+        if not self.rest_url:
+            pytest.skip("no slurmrestd: set ELASTIC_GATEWAY_TEST_SLURMRESTD to the site's URL")
+        lines = [f"c.SlurmLauncher.slurmrestd_url = {self.rest_url!r}"]
+        if SITE_RESTD_TOKEN:
+            lines.append(f"c.SlurmLauncher.slurmrestd_token_file = {SITE_RESTD_TOKEN!r}")
+        return "\n".join(lines) + "\n"
 
     def run(self, *argv: str, check: bool = True) -> str:
         env = {**os.environ, "SLURM_CONF": self.conf}
@@ -96,15 +114,18 @@ def slurm_fixture(request) -> Slurm:
             conf=SITE_CONF,
             partition=os.environ.get("ELASTIC_GATEWAY_TEST_SLURM_PARTITION", ""),
             staging=os.environ.get("ELASTIC_GATEWAY_TEST_SLURM_STAGING", ""),
+            rest_url=SITE_RESTD,
         )
         _STARTED.append(site)
         return site
     if not slurm_installed():
         pytest.fail("Slurm is not installed: `./run test` installs slurmctld, slurmd and munge")
-    harness = SlurmHarness()
+    harness = SlurmHarness(rest=os.path.exists(RESTD))
     request.addfinalizer(harness.stop)
     harness.start()
-    own = Slurm(conf=str(harness.conf), partition="debug", harness=harness)
+    own = Slurm(
+        conf=str(harness.conf), partition="debug", harness=harness, rest_url=harness.rest_url
+    )
     _STARTED.append(own)
     request.addfinalizer(_STARTED.clear)
     return own

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+RESTD = "/usr/sbin/slurmrestd"
 
 
 def free_port() -> int:
@@ -42,7 +43,12 @@ class SlurmHarness:
     """Own daemons in ``root`` (a private temporary directory); ``env`` for the CLI."""
 
     def __init__(
-        self, cpus: int = 6, small_cpus: int = 2, memory_mb: int = 64000, gpus: int = 2
+        self,
+        cpus: int = 6,
+        small_cpus: int = 2,
+        memory_mb: int = 64000,
+        gpus: int = 2,
+        rest: bool = False,
     ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="eg-slurm-"))
         os.chmod(self.root, 0o700)
@@ -51,6 +57,13 @@ class SlurmHarness:
         self.procs: dict[str, subprocess.Popen] = {}
         self.conf = self.root / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket.2"
+        # slurmrestd (rest_auth/local) on a Unix socket only the test's user can reach.
+        self.rest = rest
+        self.rest_socket = self.root / "slurmrestd.socket"
+
+    @property
+    def rest_url(self) -> str:
+        return f"unix://{self.rest_socket}" if self.rest else ""
 
     # -- configuration ------------------------------------------------------------------
     def _write_config(self) -> None:
@@ -117,13 +130,13 @@ class SlurmHarness:
         return {"SLURM_CONF": str(self.conf), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
     # -- daemons --------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.root / "log" / f"{name}.stdout", "ab")
         self.procs[name] = subprocess.Popen(
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(env or {})},
             start_new_session=True,
         )
         log.close()
@@ -150,10 +163,26 @@ class SlurmHarness:
             self._wait(self._controller_answers, timeout, "slurmctld to answer")
             self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", self.host])
             self._wait(self._node_idle, timeout, "the node to be idle")
+            if self.rest:
+                self._start_rest(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_rest(self, timeout: float) -> None:
+        """slurmrestd on a Unix socket (rest_auth/local: the socket's peer is the user).
+
+        It refuses to run as root or as SlurmUser, both root here:
+        ``SLURMRESTD_SECURITY=disable_user_check`` lets the tests' root run it; a site
+        runs it as an unprivileged user.
+        """
+        socket_arg = f"unix:{self.rest_socket}"
+        argv = [RESTD, "-f", str(self.conf), "-a", "rest_auth/local", "-s", "openapi/v0.0.38"]
+        env = {"SLURMRESTD_SECURITY": "disable_user_check"}
+        self._spawn("slurmrestd", [*argv, socket_arg], env)
+        self._wait(self.rest_socket.exists, timeout, "slurmrestd's socket")
+        os.chmod(self.rest_socket, 0o600)
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -184,6 +213,11 @@ class SlurmHarness:
         if check and done.returncode:
             raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
+
+    def rest_requests(self, request: str) -> int:
+        """How many ``request`` lines (``POST /slurm/v0.0.38/job/submit``) slurmrestd logged."""
+        path = self.root / "log" / "slurmrestd.stdout"
+        return path.read_text(errors="replace").count(f"] {request}") if path.exists() else 0
 
     def _controller_answers(self) -> bool:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -218,7 +252,7 @@ class SlurmHarness:
                 deadline = time.monotonic() + 15
                 while time.monotonic() < deadline and self._queued():
                     time.sleep(0.3)
-        for name in reversed(DAEMONS):
+        for name in ("slurmrestd", *reversed(DAEMONS)):
             proc = self.procs.pop(name, None)
             if proc is None:
                 continue

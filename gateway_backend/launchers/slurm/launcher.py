@@ -9,7 +9,9 @@ strays from that one query. Each cluster's staging directory (0700, on a file
 system the compute nodes share) holds its TLS files and a lease file the gateway
 touches every period; a job whose lease lapsed stops its worker, so jobs end by
 themselves when the gateway is gone. Workers reach their scheduler through the
-gateway proxy's TLS address with SNI ``daskgateway-<cluster>``.
+gateway proxy's TLS address with SNI ``daskgateway-<cluster>``. With
+``slurmrestd_url`` set the same three operations go to slurmrestd (``rest.py``)
+instead of the commands (``client.py``); nothing else differs.
 
 Slurm keeps 1024 characters of a comment, too few for a big array's worker
 names: the comment names a batch, and ``<staging>/<cluster>/batches/<batch>``
@@ -49,6 +51,7 @@ from ..base import (
 from ..staging import write_credentials, write_private_file
 from ..worker_network import batch_worker_command
 from .client import JobRecord, SlurmClient, SlurmRefused
+from .rest import SlurmRestClient, job_properties
 from .script import (
     WORKER_NAME,
     WorkerJob,
@@ -75,7 +78,7 @@ class JobInfo:
 
 
 class SlurmLauncher(SlurmSettings, Launcher):
-    """Workers as Slurm jobs through ``sbatch``/``squeue``/``scancel`` (workers only)."""
+    """Workers as Slurm jobs through ``sbatch``/``squeue``/``scancel`` or slurmrestd."""
 
     kind = "slurm"
 
@@ -94,9 +97,20 @@ class SlurmLauncher(SlurmSettings, Launcher):
         await super().setup(context)
         os.makedirs(self.staging_directory, mode=0o700, exist_ok=True)
         os.chmod(self.staging_directory, 0o700)
-        self.client = SlurmClient(
-            self.bin_directory, self.slurm_conf, self.command_timeout, self.status_query
-        )
+        self.client: SlurmClient | SlurmRestClient
+        if self.slurmrestd_url:
+            for option in self.extra_sbatch:  # slurmrestd takes no #SBATCH line: refuse now
+                job_properties(f"#!/bin/bash\n#SBATCH {option}\n")
+            self.client = SlurmRestClient(
+                self.slurmrestd_url,
+                self.command_timeout,
+                self.slurmrestd_token_file,
+                self.slurmrestd_user,
+            )
+        else:
+            self.client = SlurmClient(
+                self.bin_directory, self.slurm_conf, self.command_timeout, self.status_query
+            )
         self.jobs: dict[str, JobInfo] = {}  # worker name -> its task, from the last query
         self._batches: dict[tuple[str, str], list[str]] = {}  # (cluster, batch) -> workers
         self.cache_time = 0.0  # when the cache was last refreshed successfully
@@ -116,6 +130,8 @@ class SlurmLauncher(SlurmSettings, Launcher):
         tasks = getattr(self, "_tasks", None)
         if tasks is not None:
             await tasks.close()
+        if isinstance(getattr(self, "client", None), SlurmRestClient):
+            await self.client.close()
 
     # -- status ---------------------------------------------------------------------------
     async def _status_step(self) -> None:

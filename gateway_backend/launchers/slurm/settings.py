@@ -69,6 +69,43 @@ class SlurmSettings(WorkerNetworkSettings, Configurable):
         config=True,
     )
 
+    slurmrestd_url = Unicode(
+        "",
+        help="""
+        Talk to Slurm through ``slurmrestd`` (OpenAPI ``v0.0.38``, Slurm 22.05)
+        instead of ``sbatch``/``squeue``/``scancel``. ``unix:///path/to/socket``: a
+        slurmrestd with ``rest_auth/local`` running as the gateway's user;
+        ``http://host:port`` (or ``https``): ``rest_auth/jwt`` with the token in
+        ``slurmrestd_token_file``. Empty: the command-line tools.
+        """,
+        config=True,
+    )
+
+    slurmrestd_token_file = Unicode(
+        "",
+        help="""
+        File holding the JWT (``scontrol token``) sent to slurmrestd as
+        ``X-SLURM-USER-TOKEN``, read at every request so it can be renewed in
+        place; never logged. Empty: no token (``rest_auth/local``).
+        """,
+        config=True,
+    )
+
+    slurmrestd_user = Unicode(
+        "",
+        help="``X-SLURM-USER-NAME`` sent with the token. Empty: the gateway's own user.",
+        config=True,
+    )
+
+    @validate("slurmrestd_url")
+    def _check_slurmrestd_url(self, proposal):
+        url = proposal["value"]
+        if url and not url.startswith(("unix:///", "http://", "https://")):
+            raise TraitError(
+                f"slurmrestd_url {url!r}: expected unix:///path or http(s)://host:port"
+            )
+        return url
+
     partition = Unicode("", help="``--partition`` of worker jobs. Empty: the default.", config=True)
 
     account = Unicode(
