@@ -55,6 +55,11 @@ if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster, Worker
 
 
+# Variables the fork server's preloaded libraries read when imported: a cluster setting
+# them needs a fresh interpreter (e.g. a site CA for aiohttp, fsspec, uproot over https).
+IMPORT_TIME_VARIABLES = frozenset({"SSL_CERT_FILE", "SSL_CERT_DIR"})
+
+
 def _process_alive(state: dict[str, Any]) -> bool:
     """True if the process recorded in ``state`` still runs (pid reuse is ruled out)."""
     pid = state.get("pid")
@@ -376,7 +381,9 @@ class LocalLauncher(LocalSettings, Launcher):
         """Fork ``program`` from a fork server (only the default ``dask <program>`` in the
         gateway's own Python) or ``exec`` the command?"""
         default = list(configured_cmd) == ["dask", program] and not cluster.config.get("python")
-        return program if self.fork_server and default else "exec"
+        # Libraries the fork server imported already read these (aiohttp's TLS trust).
+        read_at_import = IMPORT_TIME_VARIABLES & set(cluster.config.get("environment") or {})
+        return program if self.fork_server and default and not read_at_import else "exec"
 
     async def _fork(self, cluster, account, program: str, cmds, env, logs) -> list[dict]:
         """Start one process per command through a fork server: the gateway's, or with

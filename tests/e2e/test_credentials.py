@@ -70,12 +70,8 @@ def read(runner, server: DataServer) -> dict:
 
 
 def trusting(server: DataServer) -> str:
-    """Workers trust the data server's CA (as sites install theirs). New processes, not
-    forks of a fork server that loaded aiohttp's default TLS context before the variable."""
-    return (
-        f"c.ElasticClusterConfig.environment = {{'SSL_CERT_FILE': {str(server.cert)!r}}}\n"
-        "c.LocalLauncher.fork_server = False\n"
-    )
+    """Workers trust the data server's CA (as sites install theirs)."""
+    return f"c.ElasticClusterConfig.environment = {{'SSL_CERT_FILE': {str(server.cert)!r}}}\n"
 
 
 def test_coffea_reads_protected_data_with_the_forwarded_token_and_after_renewal(
