@@ -21,7 +21,7 @@ class RestartGrace:
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
-        self._closed_since: dict[tuple[str, str], float] = {}
+        self._closed_since: dict[str, dict[str, float]] = {}  # cluster -> name -> since
 
     def hold(
         self,
@@ -37,13 +37,16 @@ class RestartGrace:
         now = time.monotonic() if now is None else now
         closed = set(msg["closed_workers"])
         expected = {*expected, *msg["closing_workers"]}
-        for key in [k for k in self._closed_since if k[0] == cluster and k[1] not in closed]:
-            del self._closed_since[key]  # back (or stopped): its next closure starts afresh
-        held = {
-            name
-            for name in closed - expected
-            if now - self._closed_since.setdefault((cluster, name), now) < self.grace
-        }
+        # Names back (or stopped) start afresh at their next closure.
+        since = {n: t for n, t in self._closed_since.get(cluster, {}).items() if n in closed}
+        held = set()
+        for name in closed - expected:
+            if now - since.setdefault(name, now) < self.grace:
+                held.add(name)
+        if since:
+            self._closed_since[cluster] = since
+        else:
+            self._closed_since.pop(cluster, None)
         if not held:
             return msg
         return {
@@ -53,5 +56,4 @@ class RestartGrace:
         }
 
     def forget(self, cluster: str) -> None:
-        for key in [k for k in self._closed_since if k[0] == cluster]:
-            del self._closed_since[key]
+        self._closed_since.pop(cluster, None)
