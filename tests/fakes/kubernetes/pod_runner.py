@@ -10,7 +10,10 @@ processes run with this Python's ``bin/`` first on PATH (so ``dask`` is the test
 **Path mapping**: a container path under a volume's ``mountPath`` that appears as a whole
 value or a prefix of a value (``/etc/dask-credentials/dask.pem``) in env values, command,
 args or ``workingDir`` is rewritten to the scratch directory's copy. hostPath volumes map to
-the host path itself; emptyDir to a fresh directory.
+the host path itself; emptyDir to a fresh directory. ``projected`` and ``downwardAPI`` volumes
+(the ServiceAccount token, CA and namespace) come from ``projected.py``; libraries read those
+by fixed paths, so a container mounting one runs in a private mount namespace where the copy
+is bind-mounted at its mountPath. Every container gets ``KUBERNETES_SERVICE_HOST/PORT``.
 
 The runner records what happened (started, exit codes, why it is waiting) and calls
 ``on_change``; turning that into a pod status for the API is the kubelet's business.
@@ -19,7 +22,6 @@ The runner records what happened (started, exit codes, why it is waiting) and ca
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ctypes
 import logging
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from tests.k8s.kubeclient import Kube, KubeError
 
+from . import projected
 from .api import LOCAL_IP, POD_NETNS, now
 
 log = logging.getLogger("kubelet")
@@ -83,6 +86,8 @@ class PodRunner:
         self.start_time = now()
         self.stopping = False
         self.task: asyncio.Future | None = None
+        self.volumes: dict[str, str] = {}  # volume name -> local directory
+        self.fixed_path_volumes: set[str] = set()  # read by fixed paths: bind-mounted
 
     def start(self) -> None:
         """Start running the pod (in the background)."""
@@ -110,24 +115,16 @@ class PodRunner:
 
     @staticmethod
     def _data(obj: dict) -> dict[str, bytes]:
-        if obj.get("kind") == "Secret" or "type" in obj:
-            return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-        out = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
-        out.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
-        return out
+        return projected.object_data(obj)
 
     def _write(self, directory: Path, data: dict[str, bytes], items, mode: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         chosen = items or [{"key": k, "path": k} for k in data]
+        files = {}
         for item in chosen:
             if item["key"] not in data:
                 raise RuntimeError(f"key {item['key']!r} not found in {directory.name}")
-            path = directory / item["path"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data[item["key"]])
-            os.chmod(path, item.get("mode", mode))
+            files[item["path"]] = (data[item["key"]], item.get("mode", mode))
+        projected.write_files(directory, files)
 
     async def materialise(self) -> dict[str, str]:
         """Volumes as directories under the scratch dir; returns mountPath -> local path."""
@@ -147,6 +144,10 @@ class PodRunner:
                 obj = await self._get("configmaps", src["name"], src.get("optional", False))
                 data = self._data(obj) if obj else {}
                 self._write(target, data, src.get("items"), src.get("defaultMode", 0o644))
+            elif "projected" in vol or "downwardAPI" in vol:
+                files = await projected.volume_files(self.pod, vol, self.kube, self._get)
+                projected.write_files(target, files)
+                self.fixed_path_volumes.add(name)
             elif "hostPath" in vol:
                 volumes[name] = vol["hostPath"]["path"]
                 continue
@@ -157,6 +158,7 @@ class PodRunner:
                     )
                 target.mkdir(parents=True, exist_ok=True, mode=0o700)
             volumes[name] = str(target)
+        self.volumes = volumes
         mounts: dict[str, str] = {}
         for c in spec.get("containers") or []:
             for m in c.get("volumeMounts") or []:
@@ -250,6 +252,9 @@ class PodRunner:
             raise RuntimeError("the process kubelet needs an explicit command (it ignores images)")
         env = await self.container_env(c, mounts)
         command = [self.map_path(self.expand(a, env), mounts) for a in command]
+        binds = projected.bind_mounts(c, self.volumes, self.fixed_path_volumes)
+        if binds:
+            command = projected.in_mount_namespace(command, binds, self.dir / "mnt")
         if POD_NETNS:
             command = ["ip", "netns", "exec", POD_NETNS, *command]
         cwd = self.map_path(c.get("workingDir") or "", mounts) or str(self.dir)
@@ -260,6 +265,7 @@ class PodRunner:
             "HOME": str(self.dir),
             "LANG": "C.UTF-8",
             "HOSTNAME": self.name,
+            **projected.api_server_env(self.kube.host),
         }
         base.update(env)
         log_path = self.dir / f"{c['name']}.log"
