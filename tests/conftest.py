@@ -41,11 +41,21 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     9 minutes on a fresh machine); the first test that needs it waits for the build, so it gets
     a longer timeout.
     """
-    needs = [item for item in items if CONTROL_PLANE_FIXTURE in item.fixturenames]
+    needs = [item for item in items if _needs_control_plane(item)]
     if not needs:
         return
-    items[:] = [item for item in items if CONTROL_PLANE_FIXTURE not in item.fixturenames] + needs
+    items[:] = [item for item in items if not _needs_control_plane(item)] + needs
     needs[0].add_marker(pytest.mark.timeout(CONTROL_PLANE_BUILD_TIMEOUT))
+
+
+def _needs_control_plane(item: pytest.Item) -> bool:
+    return CONTROL_PLANE_FIXTURE in item.fixturenames or bool(item.get_closest_marker("k8s"))
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "k8s: needs the Kubernetes control plane of tests/k8s (runs last)"
+    )
 
 
 def workers_of(cluster) -> int:

@@ -43,6 +43,7 @@ WORKER = "app.kubernetes.io/component=dask-worker"
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.k8s,
     pytest.mark.skipif(bool(REAL_KUBECONFIG), reason="runs the gateway pod on the process kubelet"),
     pytest.mark.skipif(
         os.geteuid() != 0,

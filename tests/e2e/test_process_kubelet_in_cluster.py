@@ -24,6 +24,7 @@ from harness import REAL_KUBECONFIG, KubeEnv, ProcessKubelet, TestNamespace
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.k8s,
     pytest.mark.skipif(bool(REAL_KUBECONFIG), reason="tests the local process kubelet"),
     pytest.mark.skipif(
         os.geteuid() != 0, reason="fixed-path mounts need a private mount namespace (root)"
