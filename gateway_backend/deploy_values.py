@@ -44,6 +44,7 @@ BACKEND_TRAITS = {
     "profiles": "profiles",
     "defaultWorkerPools": "default_worker_pools",
     "scaleDownOrder": "scale_down_order",
+    "stopClustersOnShutdown": "stop_clusters_on_shutdown",
     "maxWorkerCores": "max_worker_cores",
     "maxWorkerMemory": "max_worker_memory",
 }
@@ -144,24 +145,27 @@ def _configure_backend(
     allowed = set(BACKEND_TRAITS) | set(LAUNCHER_SECTIONS) | {"settings", "clusterConfig"}
     _keys(backend, where, allowed)
     backend = {**backend, "pools": backend.get("pools") or DEFAULT_POOLS}
+    state_dir = env.get(STATE_DIR_ENV) or os.getcwd()
+    db_url = env.get(DB_URL_ENV) or f"sqlite:///{state_dir}/gateway.sqlite"
+    c.ElasticBackend.db_url = db_url
+    presets = {"db_url": db_url}
     for key, trait in BACKEND_TRAITS.items():
         if key in backend:
             c.ElasticBackend[trait] = _checked(
-                ElasticBackend, trait, backend[key], f"{where}.{key}"
+                ElasticBackend, trait, backend[key], f"{where}.{key}", presets
             )
 
     settings = _mapping(backend.get("settings", {}), f"{where}.settings")
     for name, value in settings.items():
         if name in SETTINGS_ELSEWHERE:
             raise ConfigError(f"{where}.settings.{name}: set it with {SETTINGS_ELSEWHERE[name]}")
-        c.ElasticBackend[name] = _checked(ElasticBackend, name, value, f"{where}.settings.{name}")
+        c.ElasticBackend[name] = _checked(
+            ElasticBackend, name, value, f"{where}.settings.{name}", presets
+        )
     cluster_config = _mapping(backend.get("clusterConfig", {}), f"{where}.clusterConfig")
     for name, value in cluster_config.items():
         checked = _checked(ElasticClusterConfig, name, value, f"{where}.clusterConfig.{name}")
         c.ElasticClusterConfig[name] = checked
-
-    state_dir = env.get(STATE_DIR_ENV) or os.getcwd()
-    c.ElasticBackend.db_url = env.get(DB_URL_ENV) or f"sqlite:///{state_dir}/gateway.sqlite"
 
     for section, path in LAUNCHER_SECTIONS.items():
         given = _mapping(backend.get(section, {}), f"{where}.{section}")
@@ -306,8 +310,17 @@ def _import_class(path: str, where: str) -> type[Configurable]:
     return cls
 
 
-def _checked(cls: type[Configurable], name: str, value: Any, where: str) -> Any:
-    """``value`` as trait ``name`` of ``cls`` accepts it, or an error naming ``where``."""
+def _checked(
+    cls: type[Configurable],
+    name: str,
+    value: Any,
+    where: str,
+    presets: Mapping[str, Any] | None = None,
+) -> Any:
+    """``value`` as trait ``name`` of ``cls`` accepts it, or an error naming ``where``.
+
+    ``presets``: settings that validators compare with (``db_url`` for ElasticBackend).
+    """
     traits = cls.class_traits(config=True)
     if name not in traits:
         raise ConfigError(
@@ -318,6 +331,8 @@ def _checked(cls: type[Configurable], name: str, value: Any, where: str) -> Any:
     # @validate checks run as well as the trait's type check.
     probe = cls.__new__(cls)
     Configurable.__init__(probe)
+    for preset, preset_value in (presets or {}).items():
+        setattr(probe, preset, preset_value)
     try:
         setattr(probe, name, value)
     except (TraitError, ValueError, TypeError) as exc:

@@ -18,11 +18,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask.config
 import pytest
 
 from client_ext import ElasticGateway
 from gateway_backend.embedded import GatewayProcess, free_port
 
+from ..conftest import wait_for
 from ..unit.chart_render import find, render
 
 LOOPBACK = """\
@@ -112,20 +114,28 @@ def test_metrics_token_from_the_secret_opens_the_metrics(chart_gateway):
     assert status(metrics, {"Authorization": "Bearer wrong"}) != 200
 
 
-def test_analyst_computes_on_a_cluster_of_the_chart_configured_gateway(chart_gateway):
-    from dask_gateway.auth import BasicAuth
-
+def test_analyst_computes_with_the_environment_of_the_deploy_guide(chart_gateway, monkeypatch):
+    # docs/deploy.md, "Connect from a notebook": the address, the proxy's TLS port (not its
+    # HTTP port) and the password come from the environment; ElasticGateway() takes no argument.
     gateway, secret, ports = chart_gateway
-    auth = BasicAuth(getpass.getuser(), secret["simple-password"])
-    # The proxy's TLS port is not its HTTP port: clients name it (gateway.proxy_address).
-    with ElasticGateway(
-        gateway.address, proxy_address=f"gateway://127.0.0.1:{ports['tls']}", auth=auth
-    ) as gw:
-        cluster = gw.new_cluster(worker_cores=1, worker_memory=1)
-        try:
-            cluster.scale(1)
-            with cluster.get_client() as client:
-                client.wait_for_workers(1, timeout=120)
-                assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
-        finally:
-            cluster.shutdown()
+    monkeypatch.setenv("ELASTIC_GATEWAY_ADDRESS", gateway.address)
+    monkeypatch.setenv("DASK_GATEWAY__PROXY_ADDRESS", f"gateway://127.0.0.1:{ports['tls']}")
+    monkeypatch.setenv("DASK_GATEWAY__AUTH__TYPE", "basic")
+    monkeypatch.setenv("DASK_GATEWAY__AUTH__KWARGS__USERNAME", getpass.getuser())
+    monkeypatch.setenv("DASK_GATEWAY__AUTH__KWARGS__PASSWORD", secret["simple-password"])
+    dask.config.refresh()  # a notebook's kernel reads its environment at start
+    try:
+        with ElasticGateway() as gw:
+            cluster = gw.new_cluster(worker_cores=1, worker_memory=1)
+            try:
+                cluster.scale(1)
+                with cluster.get_client() as client:
+                    client.wait_for_workers(1, timeout=120)
+                    assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+            finally:
+                cluster.shutdown()
+        # The gateway stops the cluster's processes (clusters outlive a gateway restart).
+        wait_for(lambda: not gateway.leftover_processes(), what="the cluster's processes to end")
+    finally:
+        monkeypatch.undo()
+        dask.config.refresh()

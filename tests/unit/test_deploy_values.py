@@ -57,6 +57,10 @@ def test_default_values_run_the_elastic_backend_with_pods(default_values):
     assert "image" not in c.KubernetesLauncher  # the launcher's default image
 
 
+def test_clusters_outlive_a_gateway_restart_by_default(default_values):
+    assert configured(default_values).ElasticBackend.stop_clusters_on_shutdown is False
+
+
 def test_ports_become_listen_addresses(default_values):
     c = configured(default_values)
     assert (c.DaskGateway.address, c.Proxy.address, c.Proxy.tcp_address) == (
