@@ -252,6 +252,9 @@ def _configure_auth(c: Config, auth: Mapping[str, Any], env: Mapping[str, str]) 
         c.DaskGateway.authenticator_class = JUPYTERHUB_AUTHENTICATOR
         c.ElasticJupyterHubAuthenticator.jupyterhub_api_url = api_url
         c.ElasticJupyterHubAuthenticator.jupyterhub_api_token = token
+        c.ElasticJupyterHubAuthenticator.jupyterhub_service_name = _string(
+            hub.get("serviceName", "dask-gateway"), f"{where}.serviceName"
+        )
     elif kind == "kerberos":
         kerberos = _keys(auth.get(kind, {}), where, {"serviceName"})
         keytab = env.get(KEYTAB_ENV, "")

@@ -106,6 +106,7 @@ def test_jupyterhub_auth_uses_the_hub_url_and_token(default_values):
     )
     assert c.ElasticJupyterHubAuthenticator.jupyterhub_api_url == "http://hub:8081/hub/api"
     assert c.ElasticJupyterHubAuthenticator.jupyterhub_api_token == "hub-token"
+    assert c.ElasticJupyterHubAuthenticator.jupyterhub_service_name == "dask-gateway"
     assert c.Proxy.prefix == "/services/dask-gateway"
 
 

@@ -171,6 +171,14 @@ def test_schema_accepts_the_default_values():
             {"gateway": {"state": {"databaseUrl": "sqlite://", "existingSecret": "db"}}},
             "gateway.state.existingSecret",
         ),
+        (
+            {"gateway": {"backend": {"settings": {"metrics_api_token": "t"}}}},
+            "gateway.backend.settings.metrics_api_token would put a secret into the ConfigMap",
+        ),
+        (
+            {"jupyterhub": {"enabled": True, "serviceName": "gw", "prefix": "/services/dg"}},
+            'jupyterhub.prefix "/services/dg" must end with /services/gw',
+        ),
     ],
     ids=[
         "db-url-needs-chart-secret",
@@ -178,6 +186,8 @@ def test_schema_accepts_the_default_values():
         "hub-url",
         "keytab",
         "two-databases",
+        "secret-in-settings",
+        "hub-prefix",
     ],
 )
 def test_inconsistent_values_fail_naming_the_key(values, key):
