@@ -67,8 +67,14 @@ SETTINGS_ELSEWHERE = {
 }
 # The pools of a chart that names none (values.yaml cannot default them: Helm merges maps).
 DEFAULT_POOLS = {"pods": {"launcher": "kubernetes"}}
-PROXY_LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARN": "warn", "ERROR": "error"}
-PROXY_LOG_LEVELS["CRITICAL"] = "error"
+# gateway.logLevel (the gateway's, Python's names) -> the Go proxy's level.
+PROXY_LOG_LEVELS = {
+    "DEBUG": "debug",
+    "INFO": "info",
+    "WARN": "warn",
+    "ERROR": "error",
+    "CRITICAL": "error",
+}
 
 
 def configure_from_file(c: Config, config_file: str) -> Config:
