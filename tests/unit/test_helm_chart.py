@@ -311,6 +311,11 @@ def test_probes_behind_jupyterhub_use_the_proxy_prefix():
         assert container[probe]["httpGet"]["path"] == "/services/dask-gateway/api/health"
 
 
+def test_pod_gets_no_environment_variables_for_the_namespace_services():
+    pod = find(render(), "Deployment")["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+
+
 def test_service_account_token_is_mounted_only_with_a_kubernetes_launcher():
     def automount(values):
         return find(render(values), "Deployment")["spec"]["template"]["spec"][
