@@ -234,3 +234,17 @@ def test_no_secret_value_is_in_the_gateway_log_or_any_non_secret_object(deployed
         for part in value.split(";"):
             assert part not in log, f"{name} in the gateway log"
             assert part not in objects, f"{name} in a non-Secret object"
+
+
+def test_an_upgrade_keeps_the_generated_secrets(deployed):
+    """`helm upgrade` renders against the live release: `lookup` keeps every generated value."""
+    before = deployed.secret_values()
+    values = chart_values(deployed.ns.name, deployed.ports)
+    upgrade = render_chart(
+        deployed.env.admin_kubeconfig, RELEASE, deployed.ns.name, values, is_install=False
+    )
+    [secret] = [d for d in upgrade if d["kind"] == "Secret" and d["metadata"]["name"] == FULLNAME]
+    rendered = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert rendered == before
+    server_side_apply(deployed.admin, upgrade, deployed.ns.name)
+    assert deployed.secret_values() == before

@@ -30,9 +30,14 @@ FIELD_MANAGER = "elastic-gateway-tests"
 
 
 def render_chart(
-    kubeconfig: str, release: str, namespace: str, values: Mapping[str, Any]
+    kubeconfig: str,
+    release: str,
+    namespace: str,
+    values: Mapping[str, Any],
+    *,
+    is_install: bool = True,
 ) -> list[dict]:
-    """The chart's manifests for ``values`` (an install), as parsed objects in template order."""
+    """The chart's manifests for ``values`` (an install, else an upgrade), as parsed objects."""
     import helm_python as helm
 
     with (
@@ -40,7 +45,12 @@ def render_chart(
         helm.Config(kubeconfig_path=kubeconfig, namespace=namespace) as config,
     ):
         rendered = config.render(
-            chart, dict(values), name=release, namespace=namespace, is_install=True
+            chart,
+            dict(values),
+            name=release,
+            namespace=namespace,
+            is_install=is_install,
+            is_upgrade=not is_install,
         )
     docs = []
     for path in sorted(rendered):
