@@ -1,0 +1,343 @@
+"""JupyterHub as the front door: a real hub (PyPI ``jupyterhub``) and configurable-http-proxy.
+
+The gateway is the hub's service ``dask-gateway``, configured as docs/jupyterhub.md says
+(its hub-side block is this hub's config, its gateway block this gateway's), served under
+``/services/dask-gateway`` by its own proxy, which the hub's proxy forwards that path to.
+Analysts' code runs in a subprocess with the environment a single-user server has, tokens
+made through the hub's REST API. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway_backend.embedded import free_port
+
+from ..conftest import Gateways
+from ..docs_snippets import REPO, hub_config_block, jupyterhub_gateway_block
+
+pytestmark = pytest.mark.e2e
+
+SERVICE = "dask-gateway"
+PREFIX = f"/services/{SERVICE}"
+# What c.Spawner.server_token_scopes gives a single-user server's token (docs/jupyterhub.md).
+SERVER_TOKEN_SCOPES = [
+    "users:activity!user",
+    "access:servers!server",
+    f"access:services!service={SERVICE}",
+]
+NO_VO = "belongs to no VO of this gateway"
+
+
+def request(url: str, token: str = "", method: str = "GET", body=None, scheme="token"):
+    """(status, parsed JSON or text) of one HTTP request; error statuses included."""
+    headers = {"Authorization": f"{scheme} {token}"} if token else {}
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, method=method, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw) if raw else {}
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+@dataclass
+class Hub:
+    """The running hub and gateway, and how to talk to them."""
+
+    public_url: str  # configurable-http-proxy, as browsers and notebooks reach the hub
+    api_url: str  # the hub's own API server (JUPYTERHUB_API_URL of single-user servers)
+    admin_token: str
+    gateway_direct: str  # the gateway's proxy, prefix included
+    tls_proxy: str  # gateway://host:port of the gateway's proxy (DASK_GATEWAY__PROXY_ADDRESS)
+    empty_state: Path
+
+    @property
+    def gateway_via_hub(self) -> str:
+        return f"{self.public_url}{PREFIX}"
+
+    def token(self, user: str, scopes: list[str] | None = None) -> dict:
+        """A new API token of ``user`` (``scopes``: those of a single-user server's token)."""
+        status, body = request(
+            f"{self.api_url}/users/{user}/tokens",
+            self.admin_token,
+            "POST",
+            {"scopes": scopes or SERVER_TOKEN_SCOPES, "note": "test"},
+        )
+        assert status == 201, body
+        return body
+
+    def notebook(self, code: str, token: str, **env: str) -> subprocess.CompletedProcess:
+        """Run ``code`` as a notebook cell would, in a single-user server's environment."""
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("JUPYTERHUB_", "DASK_GATEWAY", "ELASTIC_GATEWAY_"))
+        }
+        base.update(
+            PYTHONPATH=str(REPO),
+            JUPYTERHUB_API_TOKEN=token,
+            JUPYTERHUB_API_URL=self.api_url,
+            JUPYTERHUB_PUBLIC_HUB_URL=f"{self.public_url}/hub/",
+            DASK_GATEWAY__PROXY_ADDRESS=self.tls_proxy,
+            # Not the machine's own `elastic-gateway serve`: nothing to find there.
+            ELASTIC_GATEWAY_STATE_DIR=str(self.empty_state),
+            ELASTIC_GATEWAY_FORWARD_CREDENTIALS="0",
+        )
+        base.update(env)
+        return subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env=base,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=self.empty_state,
+        )
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    """Until ``url`` answers at all (any HTTP status); fail with the log if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} not answering after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group (the hub and its proxy), SIGKILL after 15 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    if shutil.which("configurable-http-proxy") is None:
+        pytest.skip(
+            "configurable-http-proxy (npm) is not on PATH: `npm install --prefix <dir> "
+            "configurable-http-proxy@5.3.0` and put <dir>/node_modules/.bin on PATH "
+            "(./run test does)"
+        )
+    tmp = tmp_path_factory.mktemp("jupyterhub")
+    hub_port, hub_api_port, chp_api_port = free_port(), free_port(), free_port()
+    gateway_port = free_port()
+    service_token, admin_token = secrets.token_hex(32), secrets.token_hex(32)
+    api_url = f"http://127.0.0.1:{hub_api_port}/hub/api"
+    gateways = Gateways(tmp)
+    hub_proc = None
+    try:
+        # The hub waits for its services' URLs at start-up: the gateway goes first.
+        gateway = gateways.start(
+            jupyterhub_gateway_block()
+            + textwrap.dedent(f"""
+                c.ElasticJupyterHubAuthenticator.jupyterhub_api_url = "{api_url}"
+                # Many hub users' clusters as this one OS account: accepted for the test.
+                c.LocalLauncher.allow_shared_local_user = True
+                """),
+            name="gateway",
+            port=gateway_port,
+            prefix=PREFIX,
+            extra_env={"JUPYTERHUB_API_TOKEN": service_token},
+        )
+        config = tmp / "jupyterhub_config.py"
+        config.write_text(
+            hub_config_block()
+            + textwrap.dedent(f"""
+                c.JupyterHub.services[0]["url"] = "http://127.0.0.1:{gateway_port}"
+                c.JupyterHub.services.append(
+                    {{"name": "test-admin", "api_token": os.environ["TEST_ADMIN_TOKEN"]}}
+                )
+                c.JupyterHub.load_roles.append(
+                    {{"name": "test-admin", "services": ["test-admin"],
+                      "scopes": ["admin:users", "tokens", "admin:groups"]}}
+                )
+                c.JupyterHub.ip = "127.0.0.1"
+                c.JupyterHub.port = {hub_port}
+                c.JupyterHub.hub_ip = "127.0.0.1"
+                c.JupyterHub.hub_port = {hub_api_port}
+                c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{chp_api_port}"
+                c.JupyterHub.db_url = "sqlite:///{tmp / "hub.sqlite"}"
+                c.JupyterHub.cookie_secret_file = "{tmp / "cookie_secret"}"
+                c.JupyterHub.authenticator_class = "dummy"
+                c.Authenticator.allowed_users = {{"alice", "bob"}}
+                c.JupyterHub.load_groups = {{"cms": {{"users": ["alice"]}}}}
+                """)
+        )
+        log = tmp / "hub.log"
+        with open(log, "wb") as out:
+            hub_proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+                cwd=tmp,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={
+                    **os.environ,
+                    "DASK_GATEWAY_HUB_TOKEN": service_token,
+                    "TEST_ADMIN_TOKEN": admin_token,
+                },
+                start_new_session=True,
+            )
+        public_url = f"http://127.0.0.1:{hub_port}"
+        wait_http(f"{public_url}/hub/api/", hub_proc, log)
+        yield Hub(
+            public_url=public_url,
+            api_url=api_url,
+            admin_token=admin_token,
+            gateway_direct=gateway.address,
+            tls_proxy=f"gateway://127.0.0.1:{gateway_port}",
+            empty_state=tmp / "no-local-gateway",
+        )
+    finally:
+        if hub_proc is not None:
+            stop(hub_proc)
+        leaks = gateways.teardown()
+        assert not leaks, "; ".join(leaks)
+
+
+@pytest.fixture(scope="module")
+def alices_cluster(hub: Hub) -> dict:
+    """What alice's notebook saw: ElasticGateway() with no arguments, via the hub's route."""
+    (hub.empty_state).mkdir(exist_ok=True)
+    result = hub.notebook(
+        """
+        import json, urllib.request
+        from client_ext import ElasticGateway
+
+        gw = ElasticGateway()
+        cluster = gw.new_cluster(shutdown_on_close=True)
+        try:
+            cluster.scale(1)
+            client = cluster.get_client()
+            client.wait_for_workers(1, timeout=90)
+            answer = client.submit(lambda x: x + 1, 1).result(timeout=60)
+            env = client.run(lambda: __import__("os").environ.get("JUPYTERHUB_API_TOKEN"))
+            with urllib.request.urlopen(cluster.dashboard_link, timeout=30) as page:
+                dashboard_status = page.status
+            print(json.dumps({
+                "address": gw.address,
+                "answer": answer,
+                "details": cluster.details(),
+                "quota": gw.quota(),
+                "dashboard_link": cluster.dashboard_link,
+                "dashboard_status": dashboard_status,
+                "worker_hub_tokens": list(env.values()),
+            }))
+        finally:
+            cluster.shutdown()
+            gw.close()
+        """,
+        hub.token("alice")["token"],
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_elastic_gateway_finds_the_gateway_through_the_hubs_service_route(hub, alices_cluster):
+    assert alices_cluster["address"] == f"{hub.public_url}{PREFIX}"
+
+
+def test_a_cms_users_cluster_computes_on_a_worker(alices_cluster):
+    assert alices_cluster["answer"] == 2
+
+
+def test_a_cms_users_cluster_counts_against_vo_cms(alices_cluster):
+    assert alices_cluster["details"]["options"]["vo"] == "cms"
+    assert alices_cluster["quota"]["vos"]["cms"]["usage"]["clusters"] == 1
+
+
+def test_the_dashboard_link_opens_through_the_hubs_route(hub, alices_cluster):
+    assert alices_cluster["dashboard_link"].startswith(f"{hub.public_url}{PREFIX}/clusters/")
+    assert alices_cluster["dashboard_status"] == 200
+
+
+def test_the_gateways_hub_token_never_reaches_cluster_processes(alices_cluster):
+    assert alices_cluster["worker_hub_tokens"] == [None]
+
+
+def test_a_user_in_no_vo_is_refused_with_the_reason(hub):
+    result = hub.notebook(
+        """
+        from client_ext import ElasticGateway
+        try:
+            ElasticGateway().new_cluster()
+        except ValueError as err:
+            print(err)
+        """,
+        hub.token("bob")["token"],
+    )
+    assert "user bob belongs to no VO of this gateway (groups: none)" in result.stdout, (
+        result.stdout + result.stderr[-3000:]
+    )
+
+
+@pytest.mark.parametrize("route", ["via_hub", "direct"])
+def test_a_revoked_token_is_answered_401(hub, route):
+    token = hub.token("alice")
+    base = hub.gateway_via_hub if route == "via_hub" else hub.gateway_direct
+    url = f"{base}/api/v1/clusters/"
+    assert request(url, token["token"], scheme="jupyterhub")[0] == 200
+    revoke = f"{hub.api_url}/users/alice/tokens/{token['id']}"
+    assert request(revoke, hub.admin_token, "DELETE")[0] == 204
+    assert request(url, token["token"], scheme="jupyterhub")[0] == 401
+
+
+def test_dask_gateway_address_from_dask_config_wins_over_the_hub(hub):
+    result = hub.notebook(
+        """
+        from client_ext import ElasticGateway
+        gw = ElasticGateway()
+        print(gw.address, sorted(gw.quota()["vos"]))
+        """,
+        hub.token("alice")["token"],
+        DASK_GATEWAY__ADDRESS=hub.gateway_direct,
+    )
+    assert result.stdout.split() == [hub.gateway_direct, "['cms']"], result.stderr[-3000:]
+
+
+def test_a_token_without_access_to_the_service_gets_403_naming_the_scope(hub):
+    # JupyterHub's default single-user token: the `server` role, no access to services.
+    token = hub.token("alice", ["users:activity!user", "access:servers!server"])["token"]
+    status, body = request(f"{hub.gateway_via_hub}/api/v1/clusters/", token, scheme="jupyterhub")
+    assert status == 403
+    assert f"access:services!service={SERVICE}" in body["error"]
+
+
+def test_the_hub_sends_groups_for_a_token_without_group_scopes(hub):
+    # JupyterHub 6 adds read:users:groups for the token's own user to /hub/api/user.
+    token = hub.token("alice", [f"access:services!service={SERVICE}"])["token"]
+    status, body = request(f"{hub.api_url}/user", token)
+    assert status == 200 and body["groups"] == ["cms"]
+    status, body = request(
+        f"{hub.gateway_via_hub}/api/elastic/v1/quota", token, scheme="jupyterhub"
+    )
+    assert status == 200 and list(body["vos"]) == ["cms"]
