@@ -144,7 +144,6 @@ class LocalGatewayAuth(BasicAuth):
         return f"LocalGatewayAuth(username={self.username!r}, address={self.address!r})"
 
     def pre_request(self, resp: Any) -> tuple[dict[str, str], None]:
-        target = self.address
         if resp is not None and getattr(resp, "url", None) is not None:
             target = str(resp.url.origin())
             if _origin(target) != _origin(self.address):
@@ -152,7 +151,9 @@ class LocalGatewayAuth(BasicAuth):
                     f"not sending the local gateway's password to {target}: it is not the "
                     f"recorded address {self.address}"
                 )
-        verify_gateway_identity(target, self._identity_key)
+        # The same origin; the recorded address also has the path prefix the gateway
+        # serves under (c.Proxy.prefix), where its identity route is.
+        verify_gateway_identity(self.address, self._identity_key)
         return super().pre_request(resp)
 
 

@@ -23,8 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask.config
 import pytest
 
+from client_ext import ElasticGateway
 from gateway_backend.embedded import free_port
 
 from ..conftest import Gateways
@@ -341,3 +343,20 @@ def test_the_hub_sends_groups_for_a_token_without_group_scopes(hub):
         f"{hub.gateway_via_hub}/api/elastic/v1/quota", token, scheme="jupyterhub"
     )
     assert status == 200 and list(body["vos"]) == ["cms"]
+
+
+def test_the_local_gateway_under_a_prefix_proves_its_identity_there(gateways, monkeypatch):
+    # `elastic-gateway serve` with c.Proxy.prefix records its address with the prefix, and
+    # the client's identity check (before the local password is sent) goes below it.
+    gateway = gateways.start(f'c.Proxy.prefix = "{PREFIX}"\n', prefix=PREFIX)
+    monkeypatch.setenv("ELASTIC_GATEWAY_STATE_DIR", str(gateway.state_dir))
+    for name in ("ELASTIC_GATEWAY_ADDRESS", "JUPYTERHUB_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    with dask.config.set({"gateway.address": None}):
+        gw = ElasticGateway()
+    try:
+        assert gw.address == gateway.address.rstrip("/")
+        assert gw.address.endswith(PREFIX)
+        assert gw.list_clusters() == []
+    finally:
+        gw.close()
