@@ -43,6 +43,10 @@ class ElasticGateway(Gateway):
                 )
         super().__init__(address, *args, auth=auth, **kwargs)
 
+    async def _request(self, method: str, url: str, json: Any = None) -> Any:
+        api.use_gateway_messages(self)  # refusals (401/403) with the gateway's message
+        return await super()._request(method, url, json=json)
+
     def close(self) -> None:
         """Close the client; unlike upstream, closing twice (e.g. again at exit) is harmless."""
         close_once(self, super().close)

@@ -32,13 +32,17 @@ from .usertext import one_line, quoted
 DEFAULT_SERVICE_NAME = "dask-gateway"
 
 
-def _refused(status: type[web.HTTPException], message: str) -> web.HTTPException:
-    """An HTTP error whose reason and JSON body carry ``message`` (the client shows either)."""
+def _refused(
+    status: type[web.HTTPException], message: str, headers: dict[str, str] | None = None
+) -> web.HTTPException:
+    """An HTTP error whose reason and JSON body carry ``message``: proxies replace the
+    reason phrase, the body reaches the client (``client_ext`` shows its ``error``)."""
     message = one_line(message)
     return status(
         reason=message,
         text=json.dumps({"error": message}),
         content_type="application/json",
+        headers=headers,
     )
 
 
@@ -79,7 +83,12 @@ class ElasticJupyterHubAuthenticator(JupyterHubAuthenticator):
                 # /hub/api/user answers 403 to a token it does not know (revoked,
                 # expired) and 404 when its user was deleted: the caller must log in again.
                 self.log.debug("JupyterHub did not accept a token (HTTP %d)", resp.status)
-                raise unauthorized("jupyterhub")
+                raise _refused(
+                    web.HTTPUnauthorized,
+                    "JupyterHub does not accept this token (revoked or expired?); use the "
+                    "token of your running server, or make a new one in the hub's token page",
+                    headers={"WWW-Authenticate": "jupyterhub"},
+                )
             if resp.status >= 400:
                 self.log.error(
                     "JupyterHub at %s answered HTTP %d to a token check", url, resp.status

@@ -3,8 +3,9 @@
 The gateway is the hub's service ``dask-gateway``, configured as docs/jupyterhub.md says
 (its hub-side block is this hub's config, its gateway block this gateway's), served under
 ``/services/dask-gateway`` by its own proxy, which the hub's proxy forwards that path to.
-Analysts' code runs in a subprocess with the environment a single-user server has, tokens
-made through the hub's REST API. Everything listens on 127.0.0.1.
+Analysts' code runs in single-user servers the hub spawns (tests/e2e/hub_singleuser.py, with
+the environment and token the hub gives them), or in a subprocess with such an environment
+and a token made through the hub's REST API. Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import dask.config
 import pytest
 
 from client_ext import ElasticGateway
-from gateway_backend.embedded import free_port
+from gateway_backend.embedded import free_port, processes_in
 
 from ..conftest import Gateways
 from ..docs_snippets import REPO, hub_config_block, jupyterhub_gateway_block
@@ -42,7 +43,7 @@ SERVER_TOKEN_SCOPES = [
     "access:servers!server",
     f"access:services!service={SERVICE}",
 ]
-NO_VO = "belongs to no VO of this gateway"
+SINGLE_USER = Path(__file__).with_name("hub_singleuser.py")
 
 
 def request(url: str, token: str = "", method: str = "GET", body=None, scheme="token"):
@@ -71,6 +72,7 @@ class Hub:
     gateway_direct: str  # the gateway's proxy, prefix included
     tls_proxy: str  # gateway://host:port of the gateway's proxy (DASK_GATEWAY__PROXY_ADDRESS)
     empty_state: Path
+    results: Path  # where spawned single-user servers write what they saw
 
     @property
     def gateway_via_hub(self) -> str:
@@ -86,6 +88,21 @@ class Hub:
         )
         assert status == 201, body
         return body
+
+    def spawn(self, user: str, timeout: float = 180) -> dict:
+        """Start ``user``'s single-user server; what its notebook saw; stop the server."""
+        url = f"{self.api_url}/users/{user}/server"
+        status, body = request(url, self.admin_token, "POST")
+        assert status in (201, 202), body
+        result = self.results / f"{user}.json"
+        try:
+            deadline = time.monotonic() + timeout
+            while not result.exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert result.exists(), f"{user}'s server wrote nothing in {timeout}s"
+            return json.loads(result.read_text())
+        finally:
+            request(url, self.admin_token, "DELETE")
 
     def notebook(self, code: str, token: str, **env: str) -> subprocess.CompletedProcess:
         """Run ``code`` as a notebook cell would, in a single-user server's environment."""
@@ -151,6 +168,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
             "(./run test does)"
         )
     tmp = tmp_path_factory.mktemp("jupyterhub")
+    (tmp / "results").mkdir()
+    (tmp / "no-local-gateway").mkdir()
     hub_port, hub_api_port, chp_api_port = free_port(), free_port(), free_port()
     gateway_port = free_port()
     service_token, admin_token = secrets.token_hex(32), secrets.token_hex(32)
@@ -181,8 +200,20 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
                 )
                 c.JupyterHub.load_roles.append(
                     {{"name": "test-admin", "services": ["test-admin"],
-                      "scopes": ["admin:users", "tokens", "admin:groups"]}}
+                      "scopes": ["admin:users", "tokens", "admin:groups", "servers"]}}
                 )
+                # Single-user servers: hub_singleuser.py, as this OS user, homes in tmp.
+                c.JupyterHub.public_url = "http://127.0.0.1:{hub_port}/"
+                c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
+                c.SimpleLocalProcessSpawner.home_dir_template = "{tmp}/home-{{username}}"
+                c.Spawner.cmd = ["{sys.executable}", "{SINGLE_USER}"]
+                c.Spawner.environment.update({{
+                    "DASK_GATEWAY__ADDRESS": "http://127.0.0.1:{hub_port}{PREFIX}",
+                    "DASK_GATEWAY__PROXY_ADDRESS": "gateway://127.0.0.1:{gateway_port}",
+                    "ELASTIC_GATEWAY_FORWARD_CREDENTIALS": "0",
+                    "ELASTIC_TEST_RESULTS": "{tmp / "results"}",
+                    "PYTHONPATH": "{REPO}",
+                }})
                 c.JupyterHub.ip = "127.0.0.1"
                 c.JupyterHub.port = {hub_port}
                 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -210,7 +241,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
                 start_new_session=True,
             )
         public_url = f"http://127.0.0.1:{hub_port}"
-        wait_http(f"{public_url}/hub/api/", hub_proc, log)
+        wait_http(f"{api_url}/", hub_proc, log)  # the hub itself, not only its proxy
         yield Hub(
             public_url=public_url,
             api_url=api_url,
@@ -218,54 +249,32 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
             gateway_direct=gateway.address,
             tls_proxy=f"gateway://127.0.0.1:{gateway_port}",
             empty_state=tmp / "no-local-gateway",
+            results=tmp / "results",
         )
     finally:
         if hub_proc is not None:
             stop(hub_proc)
+        for home in tmp.glob("home-*"):  # single-user servers the hub did not stop
+            for proc in processes_in(home):
+                proc.kill()
         leaks = gateways.teardown()
         assert not leaks, "; ".join(leaks)
 
 
 @pytest.fixture(scope="module")
 def alices_cluster(hub: Hub) -> dict:
-    """What alice's notebook saw: ElasticGateway() with no arguments, via the hub's route."""
-    (hub.empty_state).mkdir(exist_ok=True)
-    result = hub.notebook(
-        """
-        import json, urllib.request
-        from client_ext import ElasticGateway
-
-        gw = ElasticGateway()
-        cluster = gw.new_cluster(shutdown_on_close=True)
-        try:
-            cluster.scale(1)
-            client = cluster.get_client()
-            client.wait_for_workers(1, timeout=90)
-            answer = client.submit(lambda x: x + 1, 1).result(timeout=60)
-            env = client.run(lambda: __import__("os").environ.get("JUPYTERHUB_API_TOKEN"))
-            with urllib.request.urlopen(cluster.dashboard_link, timeout=30) as page:
-                dashboard_status = page.status
-            print(json.dumps({
-                "address": gw.address,
-                "answer": answer,
-                "details": cluster.details(),
-                "quota": gw.quota(),
-                "dashboard_link": cluster.dashboard_link,
-                "dashboard_status": dashboard_status,
-                "worker_hub_tokens": list(env.values()),
-            }))
-        finally:
-            cluster.shutdown()
-            gw.close()
-        """,
-        hub.token("alice")["token"],
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """What the notebook in alice's single-user server saw (alice is in group cms)."""
+    seen = hub.spawn("alice")
+    assert "error" not in seen, seen["error"]
+    return seen
 
 
 def test_elastic_gateway_finds_the_gateway_through_the_hubs_service_route(hub, alices_cluster):
     assert alices_cluster["address"] == f"{hub.public_url}{PREFIX}"
+
+
+def test_the_hubs_public_url_in_a_single_user_server_leads_to_the_service(hub, alices_cluster):
+    assert alices_cluster["hub_service_address"] == f"{hub.public_url}{PREFIX}"
 
 
 def test_a_cms_users_cluster_computes_on_a_worker(alices_cluster):
@@ -287,18 +296,9 @@ def test_the_gateways_hub_token_never_reaches_cluster_processes(alices_cluster):
 
 
 def test_a_user_in_no_vo_is_refused_with_the_reason(hub):
-    result = hub.notebook(
-        """
-        from client_ext import ElasticGateway
-        try:
-            ElasticGateway().new_cluster()
-        except ValueError as err:
-            print(err)
-        """,
-        hub.token("bob")["token"],
-    )
-    assert "user bob belongs to no VO of this gateway (groups: none)" in result.stdout, (
-        result.stdout + result.stderr[-3000:]
+    seen = hub.spawn("bob")
+    assert "user bob belongs to no VO of this gateway (groups: none)" in seen.get("refused", ""), (
+        seen
     )
 
 
@@ -313,16 +313,22 @@ def test_a_revoked_token_is_answered_401(hub, route):
     assert request(url, token["token"], scheme="jupyterhub")[0] == 401
 
 
-def test_dask_gateway_address_from_dask_config_wins_over_the_hub(hub):
-    result = hub.notebook(
-        """
-        from client_ext import ElasticGateway
-        gw = ElasticGateway()
-        print(gw.address, sorted(gw.quota()["vos"]))
-        """,
-        hub.token("alice")["token"],
-        DASK_GATEWAY__ADDRESS=hub.gateway_direct,
-    )
+QUOTA_CELL = """
+from client_ext import ElasticGateway
+gw = ElasticGateway()
+print(gw.address, sorted(gw.quota()["vos"]))
+gw.close()
+"""
+
+
+def test_without_dask_gateway_address_the_hubs_public_url_leads_to_the_gateway(hub):
+    result = hub.notebook(QUOTA_CELL, hub.token("alice")["token"])
+    assert result.stdout.split() == [hub.gateway_via_hub, "['cms']"], result.stderr[-3000:]
+
+
+def test_the_gateways_own_proxy_address_serves_the_hubs_users_too(hub):
+    token = hub.token("alice")["token"]
+    result = hub.notebook(QUOTA_CELL, token, DASK_GATEWAY__ADDRESS=hub.gateway_direct)
     assert result.stdout.split() == [hub.gateway_direct, "['cms']"], result.stderr[-3000:]
 
 
@@ -332,6 +338,33 @@ def test_a_token_without_access_to_the_service_gets_403_naming_the_scope(hub):
     status, body = request(f"{hub.gateway_via_hub}/api/v1/clusters/", token, scheme="jupyterhub")
     assert status == 403
     assert f"access:services!service={SERVICE}" in body["error"]
+
+
+REFUSAL_CELL = """
+from client_ext import ElasticGateway, GatewayRefused
+gw = ElasticGateway()
+try:
+    gw.new_cluster()
+except GatewayRefused as err:
+    print(err.status, err.message)
+gw.close()
+"""
+
+
+def test_a_notebook_without_access_to_the_service_is_told_the_scope(hub):
+    token = hub.token("alice", ["users:activity!user", "access:servers!server"])["token"]
+    result = hub.notebook(REFUSAL_CELL, token)
+    assert result.stdout.startswith("403 "), result.stdout + result.stderr[-3000:]
+    assert f"lack access:services!service={SERVICE}. Ask the hub" in result.stdout
+
+
+def test_a_notebook_with_a_revoked_token_is_told_so(hub):
+    token = hub.token("alice")
+    revoke = f"{hub.api_url}/users/alice/tokens/{token['id']}"
+    assert request(revoke, hub.admin_token, "DELETE")[0] == 204
+    result = hub.notebook(REFUSAL_CELL, token["token"])
+    assert result.stdout.startswith("401 "), result.stdout + result.stderr[-3000:]
+    assert "JupyterHub does not accept this token (revoked or expired?)" in result.stdout
 
 
 def test_the_hub_sends_groups_for_a_token_without_group_scopes(hub):
