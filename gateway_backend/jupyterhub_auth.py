@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import ContentTypeError, web
 from dask_gateway_server.auth import JupyterHubAuthenticator, unauthorized
 from dask_gateway_server.models import User
-from traitlets import Integer, default
+from traitlets import Integer, Unicode, default
 
 from .usertext import one_line, quoted
 
@@ -52,6 +52,18 @@ class ElasticJupyterHubAuthenticator(JupyterHubAuthenticator):
     Configure as ``c.DaskGateway.authenticator_class =
     "gateway_backend.jupyterhub_auth.ElasticJupyterHubAuthenticator"``.
     """
+
+    jupyterhub_service_name = Unicode(
+        help="""
+        The gateway's name as a JupyterHub service (``c.JupyterHub.services``). Only
+        tokens with ``access:services!service=<name>`` (or ``access:services``) get in,
+        so the hub's roles decide who may use the gateway. Default:
+        ``$JUPYTERHUB_SERVICE_NAME``, else ``dask-gateway`` (upstream's default is
+        empty, letting any hub token in; set ``use_service_access_scopes = False`` for
+        that).
+        """,
+        config=True,
+    )
 
     @default("jupyterhub_service_name")
     def _default_jupyterhub_service_name(self) -> str:
