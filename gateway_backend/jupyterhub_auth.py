@@ -21,10 +21,11 @@ import json
 import os
 from typing import Any
 
+import aiohttp
 from aiohttp import ContentTypeError, web
 from dask_gateway_server.auth import JupyterHubAuthenticator, unauthorized
 from dask_gateway_server.models import User
-from traitlets import Integer, Unicode, default
+from traitlets import Float, Integer, Unicode, default
 
 from .usertext import one_line, quoted
 
@@ -81,6 +82,16 @@ class ElasticJupyterHubAuthenticator(JupyterHubAuthenticator):
         config=True,
     )
 
+    hub_request_timeout = Float(
+        10.0,
+        help="""
+        Seconds the gateway waits for JupyterHub to say who a token belongs to. A
+        hub that does not answer in time, or cannot be reached, gets the request a
+        502 that says so, instead of holding it.
+        """,
+        config=True,
+    )
+
     _warned_missing_groups = False
 
     async def authenticate(self, request: web.Request) -> User:
@@ -89,8 +100,22 @@ class ElasticJupyterHubAuthenticator(JupyterHubAuthenticator):
         if token is None:
             raise unauthorized("jupyterhub")
         url = f"{self.jupyterhub_api_url.rstrip('/')}/user"
+        try:
+            return await self._ask_hub(url, token)
+        except (TimeoutError, aiohttp.ClientError) as err:
+            self.log.error("JupyterHub at %s did not answer a token check: %r", url, err)
+            raise _refused(
+                web.HTTPBadGateway,
+                "JupyterHub did not answer when asked who this token belongs to; try again "
+                "later or tell the administrators",
+            ) from None
+
+    async def _ask_hub(self, url: str, token: str) -> User:
         headers = {"Authorization": f"token {token}"}
-        async with self.session.get(url, headers=headers, ssl=self.ssl_context) as resp:
+        timeout = aiohttp.ClientTimeout(total=self.hub_request_timeout)
+        async with self.session.get(
+            url, headers=headers, ssl=self.ssl_context, timeout=timeout
+        ) as resp:
             if resp.status in (401, 403, 404):
                 # /hub/api/user answers 403 to a token it does not know (revoked,
                 # expired) and 404 when its user was deleted: the caller must log in again.

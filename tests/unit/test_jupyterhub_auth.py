@@ -7,12 +7,16 @@ real hub); here each case is one reply, including those a real JupyterHub 6 neve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
+from gateway_backend.embedded import free_port
 from gateway_backend.jupyterhub_auth import ElasticJupyterHubAuthenticator
 from gateway_backend.quotas import group_list
 
@@ -123,3 +127,50 @@ def test_hostile_group_names_are_quoted_in_messages():
 
 def test_a_long_group_list_is_cut_in_messages():
     assert group_list([f"g{i:03}" for i in range(50)]).endswith("and 30 more")
+
+
+class TokenRequest:
+    """What authenticate() reads of a request: its headers."""
+
+    headers = {"Authorization": "jupyterhub some-token"}
+
+
+@pytest.fixture
+async def hub_auth(auth) -> AsyncIterator[ElasticJupyterHubAuthenticator]:
+    await auth.setup(None)
+    try:
+        yield auth
+    finally:
+        await auth.cleanup()
+
+
+async def test_an_unreachable_hub_is_a_bad_gateway_that_says_so(hub_auth):
+    hub_auth.jupyterhub_api_url = f"http://127.0.0.1:{free_port()}/hub/api"  # nothing there
+    with pytest.raises(web.HTTPBadGateway) as excinfo:
+        await hub_auth.authenticate(TokenRequest())
+    assert "JupyterHub did not answer" in error_of(excinfo)
+
+
+async def test_a_hub_that_does_not_answer_in_time_is_a_bad_gateway(hub_auth):
+    release = asyncio.Event()
+
+    async def never(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/hub/api/user", never)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        hub_auth.jupyterhub_api_url = f"http://127.0.0.1:{port}/hub/api"
+        hub_auth.hub_request_timeout = 0.3
+        started = time.monotonic()
+        with pytest.raises(web.HTTPBadGateway):
+            await hub_auth.authenticate(TokenRequest())
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        await runner.cleanup()
