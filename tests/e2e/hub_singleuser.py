@@ -57,6 +57,9 @@ def notebook() -> dict:
             seen["dashboard_link"] = cluster.dashboard_link
             with urllib.request.urlopen(cluster.dashboard_link, timeout=30) as page:
                 seen["dashboard_status"] = page.status
+                body = page.read().decode(errors="replace")
+            # distributed's Bokeh page, not some other server's answer
+            seen["dashboard_is_bokeh"] = "Bokeh.embed.embed_items(docs_json" in body
         finally:
             cluster.shutdown()
     finally:

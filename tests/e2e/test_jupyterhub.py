@@ -289,6 +289,7 @@ def test_a_cms_users_cluster_counts_against_vo_cms(alices_cluster):
 def test_the_dashboard_link_opens_through_the_hubs_route(hub, alices_cluster):
     assert alices_cluster["dashboard_link"].startswith(f"{hub.public_url}{PREFIX}/clusters/")
     assert alices_cluster["dashboard_status"] == 200
+    assert alices_cluster["dashboard_is_bokeh"]
 
 
 def test_the_gateways_hub_token_never_reaches_cluster_processes(alices_cluster):
