@@ -9,8 +9,15 @@ Modules, each importing only those listed before it: ``api`` (the gateway's
 ``cluster`` (``ElasticCluster``), ``gateway`` (``ElasticGateway``).
 """
 
+from .api import GatewayRefused
 from .auth import GatewayIdentityError, resolve_address_and_auth
 from .cluster import ElasticCluster
 from .gateway import ElasticGateway
 
-__all__ = ["ElasticCluster", "ElasticGateway", "GatewayIdentityError", "resolve_address_and_auth"]
+__all__ = [
+    "ElasticCluster",
+    "ElasticGateway",
+    "GatewayIdentityError",
+    "GatewayRefused",
+    "resolve_address_and_auth",
+]

@@ -9,9 +9,49 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 from dask_gateway import Gateway
 
 API_PREFIX = "/api/elastic/v1"
+
+
+class GatewayRefused(aiohttp.ClientResponseError):
+    """The gateway refused who you are (HTTP 401/403); the message says why, what to change."""
+
+
+class _ResponseWithReasons(aiohttp.ClientResponse):
+    """Upstream's client raises 401/403 with the HTTP reason phrase, which proxies (the
+    gateway's Go proxy, JupyterHub's) replace with "Forbidden"; the gateway's own message
+    is in the JSON body it reads first, so raise that."""
+
+    gateway_error: str | None = None
+
+    async def json(self, *args: Any, **kwargs: Any) -> Any:
+        data = await super().json(*args, **kwargs)
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            self.gateway_error = data["error"]
+        return data
+
+    def raise_for_status(self) -> None:
+        if self.status in (401, 403) and self.gateway_error:
+            raise GatewayRefused(
+                self.request_info,
+                self.history,
+                status=self.status,
+                message=self.gateway_error,
+                headers=self.headers,
+            )
+        super().raise_for_status()
+
+
+def use_gateway_messages(gateway: Gateway) -> None:
+    """Give ``gateway`` the HTTP session upstream would make, raising ``GatewayRefused``
+    with the gateway's message on 401/403. Call on its loop, before its first request."""
+    if gateway._session is None:
+        gateway._session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # as upstream: gateways on IPs
+            response_class=_ResponseWithReasons,
+        )
 
 
 async def cluster_details(gateway: Gateway, cluster_name: str) -> dict[str, Any]:

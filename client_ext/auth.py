@@ -29,6 +29,7 @@ from dask_gateway.config import defaults as dask_gateway_defaults
 from .api import API_PREFIX
 
 CLIENT_FILE = "client.json"
+HUB_SERVICE_NAME = "dask-gateway"
 IDENTITY_PATH = f"{API_PREFIX}/identity"
 _IDENTITY_CONTEXT = b"elastic-gateway identity v1\0"
 _CHALLENGE = re.compile(r"[0-9a-f]{32,128}")
@@ -96,11 +97,12 @@ def verify_gateway_identity(address: str, key: str | None, timeout: float = 5.0)
             "elastic-gateway); restart `elastic-gateway serve`"
         )
     scheme, host, port = _origin(address)
+    prefix = urlsplit(address).path.rstrip("/")  # a gateway served under a path prefix
     challenge = secrets.token_hex(32)
     conn_class = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
     conn = conn_class(host, port, timeout=timeout)
     try:
-        conn.request("GET", f"{IDENTITY_PATH}?challenge={challenge}")
+        conn.request("GET", f"{prefix}{IDENTITY_PATH}?challenge={challenge}")
         resp = conn.getresponse()
         body = resp.read(4096) if resp.status == 200 else b""
     except (OSError, http.client.HTTPException) as err:
@@ -142,7 +144,6 @@ class LocalGatewayAuth(BasicAuth):
         return f"LocalGatewayAuth(username={self.username!r}, address={self.address!r})"
 
     def pre_request(self, resp: Any) -> tuple[dict[str, str], None]:
-        target = self.address
         if resp is not None and getattr(resp, "url", None) is not None:
             target = str(resp.url.origin())
             if _origin(target) != _origin(self.address):
@@ -150,7 +151,9 @@ class LocalGatewayAuth(BasicAuth):
                     f"not sending the local gateway's password to {target}: it is not the "
                     f"recorded address {self.address}"
                 )
-        verify_gateway_identity(target, self._identity_key)
+        # The same origin; the recorded address also has the path prefix the gateway
+        # serves under (c.Proxy.prefix), where its identity route is.
+        verify_gateway_identity(self.address, self._identity_key)
         return super().pre_request(resp)
 
 
@@ -169,13 +172,36 @@ def _dask_auth_is_default() -> bool:
     return False
 
 
+def hub_service_address() -> str | None:
+    """The gateway's address through JupyterHub, in a single-user server that can tell.
+
+    JupyterHub gives a single-user server ``$JUPYTERHUB_PUBLIC_HUB_URL`` (the hub's
+    public URL, ``https://hub.example.org/prefix/hub/``) when the admin set
+    ``c.JupyterHub.public_url``; the gateway is then its service
+    ``<public URL>/services/<$ELASTIC_GATEWAY_SERVICE_NAME or dask-gateway>``.
+    ``$JUPYTERHUB_API_URL`` is not used: it is the hub's own API server
+    (``http://hub:8081/hub/api`` in Kubernetes), which does not serve ``/services/``.
+    """
+    if not os.environ.get("JUPYTERHUB_API_TOKEN"):
+        return None
+    hub_url = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL", "")
+    parts = urlsplit(hub_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    base = parts.path.rstrip("/").removesuffix("/hub")
+    name = os.environ.get("ELASTIC_GATEWAY_SERVICE_NAME") or HUB_SERVICE_NAME
+    return f"{parts.scheme}://{parts.netloc}{base}/services/{name}"
+
+
 def resolve_address_and_auth(
     address: str | None = None, auth: GatewayAuth | str | None = None
 ) -> tuple[str | None, GatewayAuth | str | None]:
     """Fill in the gateway address and auth the way a facility notebook expects.
 
     Address: the argument, ``$ELASTIC_GATEWAY_ADDRESS``, dask config
-    ``gateway.address``, then the local embedded gateway. Auth: the argument,
+    ``gateway.address`` (``$DASK_GATEWAY__ADDRESS``, as daskhub sets it), the hub's
+    service in a JupyterHub single-user server (``hub_service_address``), then the
+    local embedded gateway. Auth: the argument,
     JupyterHub token auth when ``$JUPYTERHUB_API_TOKEN`` is set, dask config
     ``gateway.auth`` when the user set it (dask_gateway's shipped default does not
     count), then the local embedded gateway's credentials when the address is
@@ -186,6 +212,8 @@ def resolve_address_and_auth(
         address = os.environ.get("ELASTIC_GATEWAY_ADDRESS") or dask.config.get(
             "gateway.address", None
         )
+    if address is None:
+        address = hub_service_address()
     if address is None:
         embedded = _embedded_client_file()
         address = embedded and embedded.get("address")

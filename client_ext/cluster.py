@@ -84,6 +84,7 @@ class ElasticCluster(GatewayCluster):
         return running is gateway.loop.asyncio_loop
 
     async def _start_async(self) -> None:
+        api.use_gateway_messages(self.gateway)
         await super()._start_async()
         try:  # the profile and pools for repr and the widget from the start
             await self._details()

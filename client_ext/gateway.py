@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import dask.config
 from dask_gateway import Gateway
 from dask_gateway.auth import GatewayAuth
 
 from . import api
-from .auth import resolve_address_and_auth
+from .auth import hub_service_address, resolve_address_and_auth
 from .closing import close_once
 from .cluster import ElasticCluster
 
@@ -28,8 +29,23 @@ class ElasticGateway(Gateway):
         auth: GatewayAuth | str | None = None,
         **kwargs: Any,
     ) -> None:
+        derived = address is None
         address, auth = resolve_address_and_auth(address, auth)
+        proxy_address = args[0] if args else kwargs.get("proxy_address")
+        if derived and address == hub_service_address() and proxy_address is None:
+            if dask.config.get("gateway.proxy-address", None) is None:
+                raise ValueError(
+                    f"found the gateway at {address} through JupyterHub, but not its TLS "
+                    "proxy address (schedulers are reached over TLS, which the hub's proxy "
+                    "does not carry): set DASK_GATEWAY__PROXY_ADDRESS (dask config "
+                    "gateway.proxy-address), e.g. gateway://<gateway host>:<tls port>, or "
+                    "pass proxy_address="
+                )
         super().__init__(address, *args, auth=auth, **kwargs)
+
+    async def _request(self, method: str, url: str, json: Any = None) -> Any:
+        api.use_gateway_messages(self)  # refusals (401/403) with the gateway's message
+        return await super()._request(method, url, json=json)
 
     def close(self) -> None:
         """Close the client; unlike upstream, closing twice (e.g. again at exit) is harmless."""

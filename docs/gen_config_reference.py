@@ -13,9 +13,10 @@ from pathlib import Path
 
 from gateway_backend.backend import ElasticBackend
 from gateway_backend.cluster_config import ElasticClusterConfig
+from gateway_backend.jupyterhub_auth import ElasticJupyterHubAuthenticator
 from gateway_backend.launchers.local import LocalLauncher
 
-CLASSES = [ElasticBackend, ElasticClusterConfig, LocalLauncher]
+CLASSES = [ElasticBackend, ElasticClusterConfig, LocalLauncher, ElasticJupyterHubAuthenticator]
 OPTIONAL = [
     ("gateway_backend.launchers.htcondor", "HTCondorLauncher"),
     ("gateway_backend.launchers.kubernetes", "KubernetesLauncher"),

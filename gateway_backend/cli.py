@@ -85,7 +85,9 @@ def serve(args: argparse.Namespace) -> int:
             await super().setup()
             proxy = self.backend.proxy
             host, port = proxy.address.rsplit(":", 1)
-            address = f"http://{host or '127.0.0.1'}:{port}"
+            # Under c.Proxy.prefix (e.g. behind JupyterHub's /services/<name>/) every
+            # route, the API included, is below the prefix.
+            address = f"http://{host or '127.0.0.1'}:{port}{proxy.prefix}"
             write_client_file(state_dir, address, identity_key)
             print(_notebook_snippet(address, state_dir), flush=True)
 

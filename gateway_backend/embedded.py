@@ -199,6 +199,7 @@ class GatewayProcess:
         log_path: Path | None = None,
         extra_env: dict[str, str] | None = None,
         command: list[str] | None = None,
+        prefix: str = "",
     ) -> None:
         self.state_dir = Path(state_dir)
         self.port = port or free_port()
@@ -207,11 +208,13 @@ class GatewayProcess:
         self.extra_env = extra_env or {}
         # Another gateway command (e.g. upstream dask-gateway-server, for comparisons).
         self.command = command
+        # The configured c.Proxy.prefix: the gateway answers only below it.
+        self.prefix = prefix.rstrip("/")
         self.proc: subprocess.Popen | None = None
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     def start(self, timeout: float = 60) -> GatewayProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

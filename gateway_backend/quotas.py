@@ -118,6 +118,15 @@ def parse_vos(spec: Mapping[str, Any]) -> dict[str, VO]:
     return vos
 
 
+def group_list(groups: Iterable[str], most: int = 20) -> str:
+    """The user's groups for a message: authenticator groups are untrusted text, so each
+    is shown as is only when short and printable, and a long list is cut."""
+    shown = [g if g.isprintable() and len(g) <= 64 else quoted(g) for g in sorted(groups)]
+    if len(shown) > most:
+        shown = [*shown[:most], f"and {len(shown) - most} more"]
+    return ", ".join(shown) or "none"
+
+
 class QuotaRefused(Exception):
     """A request the user's VO cannot grant; the message says which limit and what to do."""
 
@@ -156,7 +165,7 @@ def choose_vo(
     if users_without_vo == "refuse":
         raise QuotaRefused(
             f"user {username} belongs to no VO of this gateway (groups: "
-            f"{', '.join(sorted(groups)) or 'none'}); ask the administrators to add one of "
+            f"{group_list(groups)}); ask the administrators to add one of "
             "your groups to a VO"
         )
     return vos[users_without_vo]

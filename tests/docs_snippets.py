@@ -14,14 +14,41 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
+HUB_CONFIG_MARK = "# jupyterhub_config.py"
+
+
 def config_blocks() -> list[tuple[str, str]]:
-    """(where, code) of every block that is gateway configuration (``c.<Class>...``)."""
+    """(where, code) of every block that is gateway configuration (``c.<Class>...``).
+
+    JupyterHub's configuration (blocks starting ``# jupyterhub_config.py``) is not the
+    gateway's: tests/e2e/test_jupyterhub.py runs it as a real hub's config instead.
+    """
     return [
         (f"{path.name}#{i}", code)
         for path in DOCS
         for i, code in enumerate(python_blocks(path))
-        if re.search(r"^c\.\w+\.", code, flags=re.M)
+        if re.search(r"^c\.\w+\.", code, flags=re.M) and not code.startswith(HUB_CONFIG_MARK)
     ]
+
+
+def hub_config_block() -> str:
+    """docs/jupyterhub.md's JupyterHub configuration (the hub side), as written."""
+    (block,) = [
+        code
+        for code in python_blocks(REPO / "docs" / "jupyterhub.md")
+        if code.startswith(HUB_CONFIG_MARK)
+    ]
+    return block
+
+
+def jupyterhub_gateway_block() -> str:
+    """docs/jupyterhub.md's gateway configuration behind JupyterHub, as written."""
+    (block,) = [
+        code
+        for code in python_blocks(REPO / "docs" / "jupyterhub.md")
+        if "ElasticJupyterHubAuthenticator" in code and code.startswith("c.")
+    ]
+    return block
 
 
 def analyst_blocks() -> list[tuple[str, str]]:
