@@ -50,3 +50,27 @@ def test_the_server_token_scopes_are_the_same(hub_config, z2jh):
 
 def test_the_single_user_environment_is_the_same(hub_config, z2jh):
     assert z2jh["singleuser"]["extraEnv"] == hub_config.Spawner.environment
+
+
+def test_the_chart_values_render_a_gateway_behind_the_hub():
+    """The page's values for the Elastic Gateway chart pass its schema and configure the hub."""
+    from traitlets.config import Config
+
+    from gateway_backend.deploy_values import configure
+
+    from .chart_render import gateway_container, render, rendered_values
+
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)]
+    (values,) = [b for b in blocks if "gateway" in b and "jupyterhub" in b]
+    objects = render(values)
+    env = {e["name"]: e for e in gateway_container(objects)["env"]}
+    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "dask-gateway-hub-token",
+        "key": "jupyterhub-api-token",
+    }
+    config = configure(Config(), rendered_values(objects), env={"JUPYTERHUB_API_TOKEN": "t"})
+    auth = values["gateway"]["auth"]["jupyterhub"]
+    assert config.DaskGateway.authenticator_class.endswith("ElasticJupyterHubAuthenticator")
+    assert config.ElasticJupyterHubAuthenticator.jupyterhub_api_url == auth["apiUrl"]
+    assert config.ElasticJupyterHubAuthenticator.jupyterhub_service_name == auth["serviceName"]
+    assert config.Proxy.prefix == values["jupyterhub"]["prefix"]
