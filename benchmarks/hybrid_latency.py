@@ -7,7 +7,9 @@ by side, alternating, on the real control plane with the process kubelet (pod
 start delay ``--pod-latency``) and the schedd stand-in, and prints medians.
 "pods, spawn" is "pods only" with the worker start of f3507a4 (the nanny spawns
 a new interpreter for its worker instead of forking it:
-``KubernetesLauncher.nanny_start_method = "spawn"``), for the ratio.
+``KubernetesLauncher.nanny_start_method = "spawn"``), and "pods, dashboard" is
+"pods only" with each worker pod serving its own dashboard (the default before
+``KubernetesLauncher.worker_dashboard``), for the ratios.
 
     python benchmarks/hybrid_latency.py [--workers 8] [--pod-slots 4] [--reps 3]
 """
@@ -76,6 +78,7 @@ def main() -> int:
             configs: dict[str, dict] = {
                 "pods only": {"pods": {"launcher": "kubernetes"}},
                 "pods, spawn": {"pods": {"launcher": "kubernetes"}},
+                "pods, dashboard": {"pods": {"launcher": "kubernetes"}},
                 "HTCondor only": {"condor": {"launcher": "htcondor"}},
                 # The admin caps the pod pool at what the allocation holds: spill at once.
                 "hybrid, capped": {
@@ -98,6 +101,8 @@ def main() -> int:
                 extra = hybrid_config(pools, factory, tmp)
                 if name == "pods, spawn":
                     extra += 'c.KubernetesLauncher.nanny_start_method = "spawn"\n'
+                if name == "pods, dashboard":
+                    extra += "c.KubernetesLauncher.worker_dashboard = True\n"
                 runs[name] = k.start(cpu=str(1 + slots), start_delay=args.pod_latency, extra=extra)
             results: dict[str, list] = {name: [] for name in configs}
             for rep in range(args.reps):
@@ -135,12 +140,11 @@ def main() -> int:
                 shown = f"{full:>16.2f} s"
                 ratios = f"first {first / base_first:.2f}, all {full / base_full:.2f}"
             print(f"{name:<16}{first:>12.2f} s{shown}   {ratios}")
-        new, old = (
-            statistics.median(r[0] for r in results[n]) for n in ("pods only", "pods, spawn")
-        )
-        print(
-            f"first pod worker, fork / spawn (f3507a4): {new:.2f} s / {old:.2f} s = {new / old:.2f}"
-        )
+        first = {name: statistics.median(r[0] for r in rows) for name, rows in results.items()}
+        new = first["pods only"]
+        for other, what in (("pods, spawn", "spawn (f3507a4)"), ("pods, dashboard", "dashboard")):
+            old = first[other]
+            print(f"first pod worker, now / {what}: {new:.2f} s / {old:.2f} s = {new / old:.2f}")
         return 0
     finally:
         for k in made:

@@ -63,16 +63,20 @@ def worker_command(
     *,
     host: str,
     scheduler_sni: str | None = None,
+    dashboard: bool = True,
 ) -> list[str]:
-    """The worker command. ``scheduler_sni`` routes through the gateway proxy."""
+    """The worker command. ``scheduler_sni`` routes through the gateway proxy.
+
+    ``dashboard=False`` starts the worker without its own dashboard (and without importing
+    Bokeh for it, a good part of a worker's start).
+    """
     config = cluster.config
     cmd = [
         *config.worker_cmd,
         scheduler_address,
         "--host",
         host,
-        "--dashboard-address",
-        f"{host}:0",
+        *(["--dashboard-address", f"{host}:0"] if dashboard else ["--no-dashboard"]),
         "--name",
         worker_name,
         "--nthreads",

@@ -285,3 +285,13 @@ def test_service_selects_the_scheduler_pod_and_is_owned_by_it():
 
 def test_cpu_quantities_are_whole_cores_or_millicores():
     assert cpu_quantity(1) == "1" and cpu_quantity(2.0) == "2" and cpu_quantity(0.25) == "250m"
+
+
+def test_worker_pods_serve_no_dashboard_of_their_own_unless_asked():
+    cluster = make_cluster()
+    cmd = worker_pod(make_settings(), cluster, "w1", "uid-1")["spec"]["containers"][0]["command"]
+    assert "--no-dashboard" in cmd and "--dashboard-address" not in cmd
+    settings = make_settings(worker_dashboard=True)
+    cmd = worker_pod(settings, cluster, "w1", "uid-1")["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--dashboard-address") + 1] == "0.0.0.0:0"
+    assert "--no-dashboard" not in cmd

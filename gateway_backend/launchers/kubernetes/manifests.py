@@ -79,6 +79,7 @@ class ManifestSettings:
     nanny: bool
     worker_extra_args: Sequence[str]
     nanny_start_method: str = "fork"
+    worker_dashboard: bool = False
 
 
 # -- names, labels and the selectors that find them ---------------------------------------------
@@ -297,7 +298,13 @@ def worker_pod(
     settings: ManifestSettings, cluster: Cluster, worker_name: str, owner_uid: str
 ) -> dict[str, Any]:
     """A worker Pod: TLS files (no token) from the cluster's Secret, owned by the scheduler."""
-    cmd = worker_command(cluster, worker_name, cluster.scheduler_address, host="0.0.0.0")
+    cmd = worker_command(
+        cluster,
+        worker_name,
+        cluster.scheduler_address,
+        host="0.0.0.0",
+        dashboard=settings.worker_dashboard,
+    )
     if not settings.nanny:
         cmd.append("--no-nanny")
     cmd += list(settings.worker_extra_args)

@@ -331,6 +331,17 @@ class KubernetesSettings(Configurable):
         config=True,
     )
 
+    worker_dashboard = Bool(
+        False,
+        help="""
+        Serve each worker pod's own Dask dashboard. Off by default: the gateway's proxy
+        routes only the scheduler's dashboard (which shows every worker), a worker pod's
+        is reachable only from inside the cluster network, and importing Bokeh for it is
+        about a fifth of a worker pod's start (``benchmarks/hybrid_latency.py``).
+        """,
+        config=True,
+    )
+
     worker_extra_args = List(Unicode(), [], help="Extra arguments of ``dask worker``.", config=True)
 
     def _manifest_settings(self) -> ManifestSettings:
