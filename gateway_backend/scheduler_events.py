@@ -70,10 +70,11 @@ class SchedulerEvents:
         """Tell the owner; refused workers count towards the failure limit, as unreachable
         ones do: their replacements would run the same environment."""
         text = one_line(report.text())
-        self.events.add(cluster.name, text, "error" if report.refused else "warning")
         if report.role == "worker" and report.refused:
-            self._record_worker_failure(cluster, text, count=False)
+            self._record_worker_failure(cluster, text, count=False)  # the event, as an error
             self._count_removed_worker(cluster, "mismatched_workers", text, "had other versions")
+        else:
+            self.events.add(cluster.name, text, "error" if report.refused else "warning")
 
     def _worker_unreachable(self, cluster: Cluster, report: Unreachable) -> None:
         """The scheduler removed a worker it cannot connect to: say what to open or set."""

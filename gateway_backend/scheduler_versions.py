@@ -32,14 +32,15 @@ logger = logging.getLogger("elastic_gateway.versions")
 # What must agree for pickled graphs, tasks and results to travel (Python: minor version).
 CHECKED = ("python", "dask", "distributed", "cloudpickle", "msgpack")
 
+# The same words as the gateway's events (``scheduler_reports.ADVICE``).
 ADVICE = {
     "client": (
         "pick the profile whose environment matches your notebook (gateway.profiles() "
-        "lists them), or install these versions in your notebook's environment"
+        "lists them), or install the scheduler's versions in your notebook's environment"
     ),
     "worker": (
         "the workers' environment differs from the scheduler's: ask the administrators "
-        "to fix this profile's image or Python environment, or pick another profile"
+        "to fix the profile's image or Python environment, or pick another profile"
     ),
 }
 
