@@ -11,6 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -163,3 +166,41 @@ def test_the_clusters_command_lists_and_stops_the_callers_clusters(gateways):
         wait_for(lambda: status_of(gw, name) == "STOPPED", what="stopped by the command")
     finally:
         gw.stop_clusters()
+
+
+def scheduler_token(cluster) -> str:
+    """The API token the cluster's scheduler holds: code the user runs there can read it."""
+    with cluster.get_client() as client:
+        return client.run_on_scheduler(lambda: os.environ["DASK_GATEWAY_API_TOKEN"])
+
+
+def delete_as_scheduler(gateway, name: str, token: str, reason: str) -> int:
+    query = urllib.parse.urlencode({"reason": reason})
+    req = urllib.request.Request(
+        f"{gateway.address}/api/v1/clusters/{name}?{query}",
+        method="DELETE",
+        headers={"Authorization": f"token {token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_a_scheduler_stops_only_its_own_cluster_and_only_in_the_gateways_words(gateways):
+    gateway = gateways.start(profiles_config('{"p": {}}'))
+    gw = gateways.client(gateway)
+    mine, other = gw.new_cluster(), gw.new_cluster()
+    try:
+        token = scheduler_token(mine)
+        assert delete_as_scheduler(gateway, other.name, token, "no_client") == 401
+        assert status_of(gw, other.name) == "RUNNING"
+        assert delete_as_scheduler(gateway, mine.name, token, "<b>rm -rf</b>") == 204
+        wait_for(lambda: status_of(gw, mine.name) == "STOPPED", what="the stop")
+        assert gw.cluster_details(mine.name)["stop_reason"] == (
+            "cluster stopped: no work for its idle_timeout of profile p (1 h)"
+        )
+    finally:
+        mine.close()
+        other.close()
