@@ -37,7 +37,7 @@ class NoClientTimer:
     Pure bookkeeping (times from ``clock``), so its rules are testable without a scheduler.
     """
 
-    def __init__(self, timeout, detached_timeout, clock=time.monotonic):
+    def __init__(self, timeout: float, detached_timeout: float, clock=time.monotonic) -> None:
         self.timeout = timeout
         self.detached_timeout = detached_timeout
         self.detached = False
@@ -45,31 +45,31 @@ class NoClientTimer:
         self.clients = set()
         self.alone_since = clock()  # a new cluster has no client yet
 
-    def add(self, client):
+    def add(self, client: str) -> None:
         if client not in INTERNAL_CLIENTS:
             self.clients.add(client)
 
-    def remove(self, client):
+    def remove(self, client: str) -> None:
         self.clients.discard(client)
         if not self.clients:
             self.alone_since = self.clock()
 
-    def detach(self):
+    def detach(self) -> None:
         """Opt into the detached timeout (``shutdown_on_close=False``)."""
         self.detached = True
 
     @property
-    def limit(self):
+    def limit(self) -> float:
         """Seconds allowed without a client (0: never stopped for that)."""
         return self.detached_timeout if self.detached else self.timeout
 
-    def expired(self):
+    def expired(self) -> bool:
         """Whether the cluster has been without a client for longer than its limit."""
         if self.clients or self.limit <= 0:
             return False
         return self.clock() - self.alone_since > self.limit
 
-    def report(self):
+    def report(self) -> dict:
         """What the gateway is told after each change (no names, only counts)."""
         return {"kind": "clients", "connected": len(self.clients), "detached": self.detached}
 
@@ -133,8 +133,10 @@ class ClientPresence(SchedulerPlugin):
                 reason = "no_client_detached" if self.timer.detached else "no_client"
                 try:
                     await self.gateway.stop(reason)
-                except Exception:
+                except Exception:  # tried again at the next look
                     logger.warning("Could not ask the gateway to stop", exc_info=True)
+                else:
+                    return  # the gateway stops this scheduler now
 
     async def close(self):
         for task in [self._watch, *self._tasks]:

@@ -45,7 +45,7 @@ ADVICE = {
 }
 
 
-def comparable(versions):
+def comparable(versions: dict | None) -> dict:
     """``{package: version}`` of the checked packages from distributed's ``get_versions()``."""
     packages = (versions or {}).get("packages") or {}
     out = {}
@@ -60,13 +60,13 @@ def comparable(versions):
     return out
 
 
-def mismatches(theirs, ours):
+def mismatches(theirs: dict | None, ours: dict | None) -> dict:
     """``{package: [theirs, ours]}`` for each checked package whose versions differ."""
     a, b = comparable(theirs), comparable(ours)
     return {pkg: [a[pkg], b[pkg]] for pkg in CHECKED if a[pkg] != b[pkg]}
 
 
-def mismatch_text(role, differences, refused):
+def mismatch_text(role: str, differences: dict, refused: bool) -> str:
     """One message: which versions differ, what happened and what to do."""
     listed = "; ".join(
         f"{pkg} {theirs} on the {role} but {ours} on the scheduler"
@@ -88,7 +88,7 @@ class VersionCheck(SchedulerPlugin):
         self.own = own_versions
         self._tasks = set()
 
-    def client_message(self, client_versions):
+    def client_message(self, client_versions: dict | None) -> dict | None:
         """``{"warning", "error"}`` for a connecting client, or None when versions agree."""
         differences = mismatches(client_versions, self.own)
         if not differences:
@@ -138,7 +138,7 @@ class VersionCheck(SchedulerPlugin):
             task.cancel()
 
 
-def answer_clients_with(check):
+def answer_clients_with(check: VersionCheck) -> None:
     """Make the scheduler's answer to a connecting client carry our message.
 
     ``Scheduler.add_client`` builds that answer with ``error_message``; workers'
