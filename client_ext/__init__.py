@@ -6,7 +6,8 @@ environment plus views of where a cluster's workers run. No server dependency.
 
 Modules, each importing only those listed before it: ``api`` (the gateway's
 ``/api/elastic/v1`` requests), ``closing``, ``auth`` (address and credentials),
-``cluster`` (``ElasticCluster``), ``gateway`` (``ElasticGateway``).
+``cluster`` (``ElasticCluster``), ``listing`` (``list_clusters``' reports and
+``stop_clusters``' filters), ``gateway`` (``ElasticGateway``).
 """
 
 from .api import GatewayRefused

@@ -70,3 +70,9 @@ async def profiles(gateway: Gateway) -> dict[str, Any]:
     """The profiles the caller may choose: sizes, pools, environment, lifetimes."""
     resp = await gateway._request("GET", f"{gateway.address}{API_PREFIX}/profiles")
     return await resp.json()
+
+
+async def clusters(gateway: Gateway) -> list[dict[str, Any]]:
+    """The caller's own active clusters: age, workers, cores, last client activity."""
+    resp = await gateway._request("GET", f"{gateway.address}{API_PREFIX}/clusters")
+    return (await resp.json())["clusters"]

@@ -85,11 +85,29 @@ class ElasticCluster(GatewayCluster):
 
     async def _start_async(self) -> None:
         api.use_gateway_messages(self.gateway)
+        created_here = self.status == "created"
         await super()._start_async()
+        if created_here and not self.shutdown_on_close and self.status == "running":
+            await self._detach()
         try:  # the profile and pools for repr and the widget from the start
             await self._details()
         except Exception:
             logger.debug("no details of cluster %s yet", self.name, exc_info=True)
+
+    async def _detach(self) -> None:
+        """Created with ``shutdown_on_close=False``: ask the scheduler for the longer
+        ``detached_no_client_timeout``, since you mean to come back to this cluster."""
+        try:
+            answer = await self.scheduler_comm.elastic_gateway_detach()
+        except Exception:  # a gateway without the no-client check: nothing to opt into
+            logger.debug("cluster %s has no detached timeout", self.name, exc_info=True)
+            return
+        limit = answer.get("no_client_timeout")
+        logger.info(
+            "Cluster %s outlives this notebook; stopped after %s without a client",
+            self.name,
+            f"{limit:g} s" if limit else "never",
+        )
 
     async def _stop_async(self) -> None:
         if self._refresher is not None:

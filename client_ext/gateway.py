@@ -13,6 +13,7 @@ from . import api
 from .auth import hub_service_address, resolve_address_and_auth
 from .closing import close_once
 from .cluster import ElasticCluster
+from .listing import ElasticClusterReport, select
 
 
 class ElasticGateway(Gateway):
@@ -108,3 +109,33 @@ class ElasticGateway(Gateway):
         """The profiles you may choose (``new_cluster(profile=...)``), in order: the
         first is the default. Each with its environment, sizes, pools and lifetimes."""
         return self.sync(api.profiles, self, **kwargs)["profiles"]
+
+    async def _elastic_clusters(self, status=None) -> list[ElasticClusterReport]:
+        reports = await self._clusters(status=status)
+        summaries = {s["name"]: s for s in await api.clusters(self)}
+        return [ElasticClusterReport.of(r, summaries.get(r.name)) for r in reports]
+
+    def list_clusters(self, status=None, **kwargs: Any) -> list[ElasticClusterReport]:
+        """Your clusters (as ``Gateway.list_clusters``), each also with its profile, age,
+        workers, cores, memory and last client activity: what tells a forgotten one."""
+        return self.sync(self._elastic_clusters, status=status, **kwargs)
+
+    async def _stop_clusters(self, **filters: Any) -> list[str]:
+        names = select(await api.clusters(self), **filters)
+        for name in names:
+            await self._stop_cluster(name)
+        return names
+
+    def stop_clusters(
+        self,
+        *,
+        profile: str | None = None,
+        older_than: float | None = None,
+        no_client_for: float | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Stop every running cluster of yours (only yours, even for admins) that matches
+        all filters given: its ``profile``, ``older_than`` seconds, no client connected
+        for ``no_client_for`` seconds. Returns the names of the clusters stopped."""
+        filters = {"profile": profile, "older_than": older_than, "no_client_for": no_client_for}
+        return self.sync(self._stop_clusters, **filters, **kwargs)

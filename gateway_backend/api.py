@@ -15,9 +15,12 @@ from aiohttp import web
 from dask_gateway_server import routes
 from dask_gateway_server.backends.db_base import JobStatus
 from dask_gateway_server.routes import api_handler
+from dask_gateway_server.utils import timestamp
 
 from .api_guards import guard_user_names, refuse_malformed_requests
+from .cluster_summary import cluster_summary
 from .metrics import render_metrics
+from .scheduler_reports import BadReport, parse_report
 
 if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster
@@ -180,24 +183,29 @@ def _from_the_scheduler(request: web.Request, cluster: Cluster) -> bool:
 
 
 async def post_cluster_event(request: web.Request) -> web.Response:
-    """A cluster's scheduler reports a worker it cannot connect back to."""
+    """A cluster's scheduler reports what it found (``scheduler_reports`` lists the kinds)."""
     views = _views(request)
     cluster = views.get_cluster(request.match_info["cluster_name"])
     if cluster is None:
         raise web.HTTPNotFound(reason="Cluster not found")
     if not _from_the_scheduler(request, cluster):
         raise web.HTTPForbidden(reason="Only the cluster's scheduler reports its events")
-    body = await request.json()
-    fields = ("worker", "address", "error")
-    if body.get("kind") != "unreachable" or not all(isinstance(body.get(f), str) for f in fields):
-        return web.json_response(
-            {"error": "expected {kind: 'unreachable', worker, address, error} (strings)"},
-            status=422,
-        )
-    views.worker_unreachable(
-        cluster.name, body["worker"][:200], body["address"][:200], body["error"][:300]
-    )
+    try:
+        report = parse_report(await request.json())
+    except BadReport as exc:
+        return web.json_response({"error": str(exc)}, status=422)
+    views.scheduler_report(cluster.name, report)
     return web.json_response({"ok": True})
+
+
+@api_handler(user_authenticated=True)
+async def get_clusters(request: web.Request) -> web.Response:
+    """The caller's own active clusters (admins too see only theirs: ``stop_clusters``
+    stops what this lists), each with age, workers, cores and last client activity."""
+    views = _views(request)
+    now = timestamp()
+    clusters = views.clusters_of(request["user"].name)
+    return web.json_response({"clusters": [cluster_summary(c, now) for c in clusters]})
 
 
 @web.middleware
@@ -205,13 +213,16 @@ async def scheduler_stops(request: web.Request, handler) -> web.StreamResponse:
     """Tell the owner why a cluster stopped when its own scheduler asked for it.
 
     dask-gateway's scheduler preload stops its cluster through this route with the
-    cluster's API token only when the cluster was idle for its ``idle_timeout``.
+    cluster's API token when the cluster was idle for its ``idle_timeout``; ours
+    (``scheduler_presence``) adds ``?reason=no_client`` (or ``no_client_detached``)
+    when no client was connected for that long. Only one of these fixed reasons
+    is taken from the scheduler, never its text.
     """
     if request.method == "DELETE" and request.match_info.route.handler is routes.delete_cluster:
         views = _views(request)
         cluster = views.get_cluster(request.match_info["cluster_name"])
         if cluster is not None and _from_the_scheduler(request, cluster):
-            views.note_scheduler_stop(cluster.name)
+            views.note_scheduler_stop(cluster.name, request.query.get("reason"))
     return await handler(request)
 
 
@@ -219,6 +230,7 @@ def add_routes(app: web.Application, views: GatewayViews) -> None:
     """Register the Elastic Gateway routes and request checks on the gateway's application."""
     app["elastic"] = views
     guard_user_names(app["authenticator"])
+    app.router.add_get(PREFIX + "/clusters", get_clusters)
     app.router.add_get(PREFIX + "/clusters/{cluster_name}", get_cluster_details)
     app.router.add_get(PREFIX + "/quota", get_quota)
     app.router.add_get(PREFIX + "/profiles", get_profiles)

@@ -35,7 +35,7 @@ from .launchers import (
     Phase,
 )
 from .launchers.loading import LauncherSpec, build_launchers, scheduler_spec
-from .lifetimes import idle_stop_reason, over_lifetime
+from .lifetimes import over_lifetime
 from .options import default_cluster_options
 from .periodic import run_periodically
 from .placement import ordered_spill, plan_bursts
@@ -48,14 +48,14 @@ from .records import create_workers
 from .restart import reconcile_after_restart
 from .restarts import RestartGrace
 from .scale_down import PoolOrderScaleDown
+from .scheduler_events import SchedulerEvents
 from .sqlite_tuning import tune_sqlite
 from .tls_keys import TLSKeys
 from .tls_keys import install as use_prepared_tls_keys
-from .usertext import one_line
 from .views import GatewayViews
 
 
-class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
+class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBackendBase):
     """Schedulers and workers on launchers (local, Kubernetes, HTCondor), workers in pools."""
 
     @default("cluster_options")
@@ -174,7 +174,8 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
             metrics_api_token=self.metrics_api_token,
             profiles=self.profile_book,
             note_scheduler_stop=self.note_scheduler_stop,
-            worker_unreachable=self.worker_unreachable,
+            scheduler_report=self.scheduler_report,
+            clusters_of=lambda user: self.db.list_clusters(username=user),
         )
         api.add_routes(app, views)
         await super().setup(app)
@@ -245,44 +246,6 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
         for cluster, reason in list(over_lifetime(self.db.active_clusters(), timestamp())):
             self._note_stop_reason(cluster, reason)
             await self.stop_cluster(cluster.name)
-
-    def note_scheduler_stop(self, cluster_name: str) -> None:
-        """The scheduler asked to stop its own cluster: dask-gateway does so when idle."""
-        cluster = self.db.get_cluster(cluster_name)
-        if cluster is not None and cluster.target == JobStatus.RUNNING:
-            self._note_stop_reason(cluster, idle_stop_reason(cluster))
-
-    def worker_unreachable(self, cluster_name: str, worker: str, address: str, error: str) -> None:
-        """The scheduler removed a worker it cannot connect to: say what to open or set.
-
-        Replacements would meet the same wall: after ``worker_start_failure_limit``
-        such workers the cluster fails with the reason instead of retrying forever.
-        """
-        cluster = self.db.get_cluster(cluster_name)
-        if cluster is None or cluster.target != JobStatus.RUNNING:
-            return
-        record = cluster.workers.get(worker)
-        pool = self.pools.pool_of(record) if record is not None else None
-        hint = pool.launcher.reachability_hint(address) if pool else ""
-        where = f" in pool {pool.name}" if pool else ""
-        reason = one_line(
-            f"worker {worker}{where} at {address} cannot be reached from the scheduler "
-            f"({error}), so it was removed: {hint}"
-        )
-        self._record_worker_failure(cluster, reason, count=False)
-        unreachable = cluster.state.get("unreachable_workers", 0) + 1
-        self.db.update_cluster(cluster, state={**cluster.state, "unreachable_workers": unreachable})
-        if unreachable >= self.worker_start_failure_limit:
-            self._fail_cluster(
-                cluster,
-                f"{unreachable} workers could not be reached from the scheduler "
-                f"(limit ElasticBackend.worker_start_failure_limit); last: {reason}",
-            )
-
-    def _note_stop_reason(self, cluster: Cluster, reason: str) -> None:
-        self.log.info("Cluster %s: %s", cluster.name, reason)
-        self.events.add(cluster.name, reason, "warning")
-        self.db.update_cluster(cluster, state={**cluster.state, "stop_reason": reason})
 
     async def _check_cluster_scale(self, cluster: Cluster) -> None:
         if cluster.worker_start_failure_count >= self.worker_start_failure_limit:

@@ -115,7 +115,8 @@ class ElasticSettings(Configurable):
         - ``worker_gpus``: GPUs per worker (advertised as the Dask resource ``GPU``);
         - ``pools``: pools of ``worker_pools`` its workers use, in order
           (default: every pool the VO may use);
-        - ``idle_timeout``, ``max_lifetime``: seconds (0: off; default: the
+        - ``idle_timeout``, ``max_lifetime``, ``no_client_timeout``,
+          ``detached_no_client_timeout``: seconds (0: off; default: the
           ``ElasticClusterConfig`` values);
         - ``env``: extra environment variables of scheduler and workers.
 

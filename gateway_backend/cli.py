@@ -1,4 +1,5 @@
-"""The ``elastic-gateway`` command: ``serve`` the gateway, or run the end-to-end ``demo``."""
+"""The ``elastic-gateway`` command: ``serve`` the gateway, run the end-to-end ``demo``, or
+list and stop your ``clusters``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from client_ext.auth import default_state_directory
 
+from . import cli_clusters
 from .embedded import (
     DEFAULT_PORT,
     StateDirectoryBusy,
@@ -106,7 +108,8 @@ def demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="elastic-gateway",
-        description="Elastic Dask clusters: serve the gateway, or run the end-to-end demo.",
+        description="Elastic Dask clusters: serve the gateway, run the end-to-end demo, "
+        "or list and stop your clusters.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--workers", type=int, default=4, help="workers to scale to (default: 4)")
     d.add_argument("--keep-state", action="store_true", help="keep the demo's state directory")
     d.set_defaults(func=demo)
+
+    cli_clusters.add_parser(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

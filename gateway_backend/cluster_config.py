@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dask_gateway_server.backends.base import ClusterConfig
 from dask_gateway_server.traitlets import Command
-from traitlets import Float, Integer, Unicode
+from traitlets import Enum, Float, Integer, Unicode
 
 
 class ElasticClusterConfig(ClusterConfig):
@@ -90,6 +90,45 @@ class ElasticClusterConfig(ClusterConfig):
         Seconds after which a cluster is stopped however busy it is, with an
         event saying so (0: never). A week by default, a bound on what a
         runaway adaptive cluster can hold; profiles may set their own.
+        """,
+        config=True,
+    )
+
+    no_client_timeout = Float(
+        3600,
+        min=0,
+        help="""
+        Seconds a cluster may run with no Dask ``Client`` connected before its
+        scheduler stops it, with an event saying so (0: never). Catches the
+        clusters of notebooks that died without closing them (an OOM kill, a
+        culled server), even while they still run work; separate from
+        ``idle_timeout``. One hour by default; profiles may set their own.
+        """,
+        config=True,
+    )
+
+    detached_no_client_timeout = Float(
+        86400,
+        min=0,
+        help="""
+        ``no_client_timeout`` of a cluster created with
+        ``ElasticGateway.new_cluster(shutdown_on_close=False)``: its owner means
+        to come back to it later (0: never stopped for lack of a client). A day
+        by default; profiles may set their own.
+        """,
+        config=True,
+    )
+
+    version_mismatch = Enum(
+        ["warn", "refuse"],
+        default_value="warn",
+        help="""
+        What the scheduler does when a connecting client or a registering worker
+        has other versions of Python (minor), dask, distributed, cloudpickle or
+        msgpack than the scheduler: ``warn`` (the client gets a warning naming
+        the versions and what to do; the worker joins) or ``refuse`` (the
+        client's ``Client()`` raises that message; the worker is removed).
+        Either way the cluster's events say so.
         """,
         config=True,
     )

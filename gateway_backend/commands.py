@@ -27,10 +27,28 @@ def scheduler_checks_source() -> str:
     return inspect.getsource(scheduler_checks)
 
 
+@cache
+def scheduler_preload_sources() -> tuple[str, ...]:
+    """The texts of our scheduler preloads: reachability, client presence, versions.
+
+    Texts, not module names: the scheduler runs in the cluster's environment,
+    where this package may not be installed.
+    """
+    from . import scheduler_presence, scheduler_versions
+
+    return (
+        scheduler_checks_source(),
+        inspect.getsource(scheduler_presence),
+        inspect.getsource(scheduler_versions),
+    )
+
+
 def scheduler_command(cluster: Cluster, *, host: str, heartbeat_period: float) -> list[str]:
     """The scheduler command, with the dask-gateway preload that heartbeats to the API
-    and ours that checks every worker can be reached from the scheduler."""
+    and ours: every worker reachable from the scheduler, no cluster left without a
+    client, versions compared where they meet."""
     config = cluster.config
+    ours = [arg for source in scheduler_preload_sources() for arg in ("--preload", source)]
     return [
         *config.scheduler_cmd,
         "--protocol",
@@ -51,8 +69,7 @@ def scheduler_command(cluster: Cluster, *, host: str, heartbeat_period: float) -
         str(config.adaptive_period),
         "--dg-idle-timeout",
         str(config.idle_timeout),
-        "--preload",
-        scheduler_checks_source(),
+        *ours,
     ]
 
 
@@ -121,10 +138,17 @@ def _common_env(cluster: Cluster) -> dict[str, str]:
 def scheduler_env(cluster: Cluster, *, api_url: str, cert_path: str, key_path: str) -> dict:
     """Environment of the scheduler: gateway API access plus its TLS file paths."""
     env = _common_env(cluster)
-    timeout = getattr(cluster.config, "worker_reachability_timeout", 5)
+    config = cluster.config
     env.update(
         {
-            "ELASTIC_GATEWAY_REACHABILITY_TIMEOUT": str(timeout),
+            "ELASTIC_GATEWAY_REACHABILITY_TIMEOUT": str(
+                config.get("worker_reachability_timeout", 5)
+            ),
+            "ELASTIC_GATEWAY_NO_CLIENT_TIMEOUT": str(config.get("no_client_timeout", 0)),
+            "ELASTIC_GATEWAY_DETACHED_NO_CLIENT_TIMEOUT": str(
+                config.get("detached_no_client_timeout", 0)
+            ),
+            "ELASTIC_GATEWAY_VERSION_MISMATCH": str(config.get("version_mismatch", "warn")),
             "DASK_GATEWAY_API_URL": api_url,
             "DASK_GATEWAY_API_TOKEN": cluster.token,
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert_path,

@@ -1,9 +1,11 @@
-"""Clusters that outlive their purpose: ``max_lifetime`` and ``idle_timeout``.
+"""Clusters that outlive their purpose: ``max_lifetime``, ``idle_timeout``, ``no_client_timeout``.
 
 The scheduler itself stops an idle cluster (dask-gateway's scheduler preload
-asks the gateway API to stop it after ``idle_timeout``); the gateway stops
+asks the gateway API to stop it after ``idle_timeout``) and one without a client
+(``scheduler_presence``, after ``no_client_timeout``); the gateway stops
 clusters older than their ``max_lifetime``. Either way the owner reads why in
-``cluster.details()``.
+``cluster.details()``, in the gateway's words: the scheduler only names which
+of these reasons applies.
 """
 
 from __future__ import annotations
@@ -54,4 +56,24 @@ def idle_stop_reason(cluster: Cluster) -> str:
     return (
         f"cluster stopped: no work for its idle_timeout{_profile_note(cluster)} "
         f"({duration_text(idle)})"
+    )
+
+
+# What a scheduler may give as the reason of its own stop (``?reason=`` of its DELETE).
+NO_CLIENT_REASONS = {
+    "no_client": "no_client_timeout",
+    "no_client_detached": "detached_no_client_timeout",
+}
+
+
+def scheduler_stop_reason(cluster: Cluster, asked: str | None) -> str:
+    """Why a cluster's scheduler asked the gateway to stop it: idle (dask-gateway's own
+    preload, which names no reason) or without a client for one of the no-client timeouts."""
+    key = NO_CLIENT_REASONS.get(asked or "")
+    if key is None:
+        return idle_stop_reason(cluster)
+    limit = cluster.config.get(key, 0) or 0
+    return (
+        f"cluster stopped: no client connected for its {key}{_profile_note(cluster)} "
+        f"({duration_text(limit)})"
     )

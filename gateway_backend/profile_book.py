@@ -26,6 +26,9 @@ from .profiles import (
 )
 from .usertext import quoted
 
+# Profile keys that override the ElasticClusterConfig value of the same name.
+LIFETIMES = ("idle_timeout", "max_lifetime", "no_client_timeout", "detached_no_client_timeout")
+
 if TYPE_CHECKING:
     from .pools import PoolBook
     from .quota_book import QuotaBook
@@ -100,10 +103,9 @@ class ProfileBook:
             "image": profile.image,
             "python": profile.python,
         }
-        if profile.idle_timeout is not None:
-            config["idle_timeout"] = profile.idle_timeout
-        if profile.max_lifetime is not None:
-            config["max_lifetime"] = profile.max_lifetime
+        for key in LIFETIMES:
+            if getattr(profile, key) is not None:
+                config[key] = getattr(profile, key)
         return config
 
     def complete_request(self, user, request: Mapping[str, Any]) -> dict[str, Any]:

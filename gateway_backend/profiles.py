@@ -35,6 +35,8 @@ PROFILE_KEYS = {
     "pools",
     "idle_timeout",
     "max_lifetime",
+    "no_client_timeout",
+    "detached_no_client_timeout",
     "env",
 }
 
@@ -84,6 +86,8 @@ class Profile:
     pools: tuple[str, ...] = ()
     idle_timeout: float | None = None  # None: ElasticClusterConfig.idle_timeout
     max_lifetime: float | None = None  # None: ElasticClusterConfig.max_lifetime
+    no_client_timeout: float | None = None  # None: ElasticClusterConfig's
+    detached_no_client_timeout: float | None = None  # None: ElasticClusterConfig's
     env: Mapping[str, str] = field(default_factory=dict)
 
     def allows(self, vo: str | None) -> bool:
@@ -114,6 +118,8 @@ class Profile:
             "pools": list(self.pools),
             "idle_timeout": self.idle_timeout,
             "max_lifetime": self.max_lifetime,
+            "no_client_timeout": self.no_client_timeout,
+            "detached_no_client_timeout": self.detached_no_client_timeout,
         }
 
 
@@ -215,6 +221,8 @@ def parse_profile(name: str, spec: Mapping[str, Any], where: str) -> Profile:
         pools=tuple(dict.fromkeys(pools)),
         idle_timeout=_optional_seconds(spec, "idle_timeout", where),
         max_lifetime=_optional_seconds(spec, "max_lifetime", where),
+        no_client_timeout=_optional_seconds(spec, "no_client_timeout", where),
+        detached_no_client_timeout=_optional_seconds(spec, "detached_no_client_timeout", where),
         env=dict(env),
     )
 

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .pools import PoolBook
     from .profile_book import ProfileBook
     from .quota_book import QuotaBook
+    from .scheduler_reports import Clients, Unreachable, VersionMismatch
+
+    Report = Unreachable | Clients | VersionMismatch
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,9 @@ class GatewayViews:
     """The latest check of each pending or failed worker, by worker name."""
     metrics_api_token: str
     profiles: ProfileBook
-    note_scheduler_stop: Callable[[str], None]
-    """A cluster's scheduler asked the API to stop its cluster (for the owner's events)."""
-    worker_unreachable: Callable[[str, str, str, str], None]
-    """(cluster, worker, address, error): the scheduler cannot connect back to a worker."""
+    note_scheduler_stop: Callable[[str, str | None], None]
+    """(cluster, reason asked): its scheduler asked the API to stop it (for the owner's events)."""
+    scheduler_report: Callable[[str, Report], None]
+    """(cluster, checked report): what its scheduler found (``scheduler_reports``)."""
+    clusters_of: Callable[[str], list[Cluster]]
+    """The active clusters of a user, by user name."""

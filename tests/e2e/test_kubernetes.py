@@ -237,6 +237,24 @@ def test_scheduler_and_worker_pods_compute_through_the_proxy(make_k8s):
     cluster.shutdown()
 
 
+def test_a_scheduler_pod_without_a_client_stops_its_cluster_with_the_event(make_k8s):
+    # The scheduler pod reads its API token from the mounted file to ask for the stop.
+    k = make_k8s(extra="c.ElasticClusterConfig.no_client_timeout = 3\n")
+    cluster = k.gw.new_cluster()
+    try:
+        name = cluster.name
+        wait_for(
+            lambda: k.gw.cluster_details(name)["status"] == "STOPPED",
+            timeout=60,
+            what="the no-client stop",
+        )
+        assert k.gw.cluster_details(name)["stop_reason"] == (
+            "cluster stopped: no client connected for its no_client_timeout (3 s)"
+        )
+    finally:
+        cluster.close()
+
+
 @local_only
 def test_the_process_kubelet_runs_pods_like_a_kubelet(kube_env, tmp_path):
     """The test tool itself: Secret files and env, path mapping, exit status, deletion."""

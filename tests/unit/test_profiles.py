@@ -50,6 +50,11 @@ VOS = {"cms": {"groups": ["cms"]}, "dune": {"groups": ["dune"]}}
         ({"p": {"pools": "cpu"}}, "['pools'] must be a list of pool names"),
         ({"p": {"idle_timeout": -5}}, "['idle_timeout'] must be a non-negative number"),
         ({"p": {"max_lifetime": float("inf")}}, "['max_lifetime'] must be a non-negative"),
+        ({"p": {"no_client_timeout": "1h"}}, "['no_client_timeout'] must be a non-negative"),
+        (
+            {"p": {"detached_no_client_timeout": -1}},
+            "['detached_no_client_timeout'] must be a non-negative",
+        ),
         ({"p": {"env": {"BAD-NAME": "x"}}}, "'BAD-NAME' is not an environment variable name"),
         ({"p": {"env": {"X": "a\nb"}}}, "['env']['X'] must be a one-line string"),
         ({"p": {"vos": "cms"}}, "['vos'] must be a list of VO names"),
@@ -175,3 +180,10 @@ def test_a_profile_becomes_the_clusters_config():
         "idle_timeout": 600.0,
         "max_lifetime": 3600.0,
     }
+
+
+def test_a_profiles_no_client_timeouts_become_the_clusters_config():
+    profiles = book({"p": {"no_client_timeout": 600, "detached_no_client_timeout": 0}})
+    options = SimpleNamespace(profile="p", worker_cores=1, worker_memory=2)
+    config = profiles._config_of(options, user())
+    assert (config["no_client_timeout"], config["detached_no_client_timeout"]) == (600.0, 0.0)
