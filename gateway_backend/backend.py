@@ -11,6 +11,7 @@ launchers see a ``LauncherContext``, never this class.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ from traitlets import default
 from . import api
 from .backend_settings import ElasticSettings
 from .batching import Batcher
+from .bursting import PendingBursts
 from .cluster_requests import ClusterRequests, facts_of_vo
 from .config import ConfigError
 from .events import EventLog
@@ -38,13 +40,14 @@ from .launchers.loading import LauncherSpec, build_launchers, scheduler_spec
 from .lifetimes import over_lifetime
 from .options import default_cluster_options
 from .periodic import run_periodically
-from .placement import ordered_spill, plan_bursts
+from .placement import ordered_spill
 from .pools import PoolBook, WorkerPool, parse_pool_specs
 from .profile_book import ProfileBook
 from .quota_book import QuotaBook
 from .quotas import holds_resources
 from .record_changes import CountedOnce, RecordChanges
 from .records import create_workers
+from .replacement import FailureBudget, checked_closures, why_lost
 from .restart import reconcile_after_restart
 from .restarts import RestartGrace
 from .scale_down import PoolOrderScaleDown
@@ -55,7 +58,9 @@ from .tls_keys import install as use_prepared_tls_keys
 from .views import GatewayViews
 
 
-class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBackendBase):
+class ElasticBackend(
+    ClusterRequests, SchedulerEvents, PendingBursts, ElasticSettings, DBBackendBase
+):
     """Schedulers and workers on launchers (local, Kubernetes, HTCondor), workers in pools."""
 
     @default("cluster_options")
@@ -137,6 +142,12 @@ class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBacken
         # Clusters with fewer workers than requested (pools full, VO quota), in request order.
         self._waiting: dict[str, None] = {}
         self._restarts = RestartGrace(self.worker_restart_grace)
+        self._budget = FailureBudget(
+            self.worker_failure_budget,
+            self.worker_replace_backoff,
+            self.worker_replace_backoff_max,
+            self.worker_healthy_after,
+        )
         self._scale_down = PoolOrderScaleDown(
             self.scale_down_order, self.retire_timeout, self.events, self.log
         )
@@ -228,6 +239,9 @@ class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBacken
     def _pool_name_of(self, worker: Worker) -> str:
         return self.pools.pool_of(worker).name
 
+    def _launcher_of(self, worker: Worker) -> Launcher:
+        return self.pools.pool_of(worker).launcher
+
     def pool_usage(self) -> dict[str, int]:
         """Workers per pool over all clusters, stopping ones until they are gone (a copy
         of the count made once per change of the records)."""
@@ -248,18 +262,13 @@ class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBacken
             await self.stop_cluster(cluster.name)
 
     async def _check_cluster_scale(self, cluster: Cluster) -> None:
-        if cluster.worker_start_failure_count >= self.worker_start_failure_limit:
-            last = cluster.state.get("last_worker_failure", "unknown")
-            self._fail_cluster(
-                cluster,
-                f"{cluster.worker_start_failure_count} workers in a row failed to start "
-                f"(limit ElasticBackend.worker_start_failure_limit="
-                f"{self.worker_start_failure_limit}); last failure: {last}",
-            )
-            return
         missing = cluster.count - len(cluster.active_workers())
         if missing <= 0:
             self._waiting.pop(cluster.name, None)
+            return
+        if wait := self._budget.wait(cluster.name):  # backing off after lost workers
+            if wait < math.inf:
+                self.queue.put_after(cluster, wait)
             return
         wanted = missing
         missing, why = self.quotas.grantable(cluster, missing)
@@ -284,6 +293,8 @@ class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBacken
         if msg.get("op") == "scale":
             record = self.db.get_cluster(cluster.name)
             if record is not None and record.status == JobStatus.RUNNING:
+                if self._budget.renew(record.name):
+                    self.events.add(record.name, "scaled again: replacing lost workers again")
                 pools = [p.name for p in self.pools.pools_for(record.options)]
                 pool_of = self._pool_name_of
                 await self._scale_down.scale_down(self.db, record, msg["count"], pools, pool_of)
@@ -293,6 +304,11 @@ class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBacken
         count = self._scale_down.heartbeat_count(cluster_name, msg["count"])
         record = self.db.get_cluster(cluster_name)
         expected = [w.name for w in record.workers.values() if w.close_expected] if record else []
+        if record is not None:
+            closed = msg["closed_workers"]
+            checks = await checked_closures(record, closed, self._launcher_of, self.log)
+            self.worker_conditions.update(checks)
+            expected += [name for name, check in checks.items() if not check.alive]
         msg = self._restarts.hold(cluster_name, {**msg, "count": count}, expected)
         await super().on_cluster_heartbeat(cluster_name, msg)
 
@@ -309,44 +325,6 @@ class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBacken
                 self.queue.put(cluster)
             else:
                 self._waiting.pop(name, None)
-
-    async def burst_pending_workers(self) -> None:
-        """Move workers pending longer than their pool's ``burst_after`` to the next pool.
-
-        The pending worker is withdrawn and a new one started in the first later
-        pool (of the cluster's pools) with room, in the same step, so the cluster's
-        size and VO usage do not change.
-        """
-        now = timestamp()
-        usage = None  # one count over all clusters, again only after workers were started
-        for cluster in list(self.db.active_clusters()):
-            if cluster.status != JobStatus.RUNNING or cluster.target != JobStatus.RUNNING:
-                continue
-            if usage is None:
-                usage = self.pool_usage()
-            moves = plan_bursts(
-                list(cluster.workers.values()),
-                self.pools.pools_for(cluster.options),
-                self.pools.pool_of,
-                usage,
-                now,
-            )
-            for target_name, stuck in moves.items():
-                self.db.update_workers(
-                    [(w, {"target": JobStatus.STOPPED, "close_expected": True}) for w in stuck]
-                )
-                for w in stuck:
-                    self.queue.put(w)
-                    pool = self.pools.pool_of(w)
-                    condition = self.worker_conditions.get(w.name)
-                    why = f" ({condition.reason})" if condition and condition.reason else ""
-                    self.events.add(
-                        cluster.name,
-                        f"worker {w.name} pending in pool {pool.name} for more than "
-                        f"{pool.burst_after:g}s{why}: moved to pool {target_name}",
-                    )
-                await self._start_batch(cluster, self.pools.by_name[target_name], len(stuck))
-                usage = None  # others may have started workers meanwhile
 
     async def _start_batch(self, cluster: Cluster, pool: WorkerPool, n: int) -> None:
         workers = create_workers(self.db, cluster, pool.name, n)
@@ -398,14 +376,19 @@ class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBacken
         if stopped_meanwhile:
             await pool.launcher.stop_workers(stopped_meanwhile)
 
-    def _record_worker_failure(self, cluster: Cluster, reason: str, count: bool = True) -> None:
-        """Remember why a worker failed; ``count`` it towards the cluster's failure limit."""
-        if count:
-            cluster.worker_start_failure_count += 1
+    def _record_worker_failure(self, cluster: Cluster, reason: str) -> None:
+        """Remember why a worker failed (its loss counts when it stops: ``FailureBudget``)."""
         self.events.add(cluster.name, reason, "error")
         self.db.update_cluster(cluster, state={**cluster.state, "last_worker_failure": reason})
 
     async def _worker_to_stopped(self, worker: Worker) -> None:
+        cluster = worker.cluster
+        if worker.target == JobStatus.FAILED and cluster.target == JobStatus.RUNNING:
+            check = self.worker_conditions.get(worker.name)
+            why = why_lost(worker, check, cluster.state.get("last_worker_failure", ""))
+            loss = self._budget.lost(cluster.name, *why)
+            if loss.message:
+                self.events.add(cluster.name, loss.message, loss.level)
         await super()._worker_to_stopped(worker)
         self.worker_conditions.pop(worker.name, None)
         self._wake_waiting()
@@ -416,6 +399,7 @@ class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBacken
         await super()._cluster_to_stopped(cluster)
         self.events.stopped(cluster.name)
         self._restarts.forget(cluster.name)
+        self._budget.forget(cluster.name)
         self._waiting.pop(cluster.name, None)
         self._wake_waiting()
 
@@ -491,10 +475,8 @@ class ElasticBackend(ClusterRequests, SchedulerEvents, ElasticSettings, DBBacken
                 result[w.name] = check.alive
                 self.worker_conditions[w.name] = check
                 if check.phase == Phase.FAILED:
-                    # upstream's check loop counts the failure; here we only keep the reason
+                    # upstream's check loop fails it; here we only keep the reason
                     self._record_worker_failure(
-                        w.cluster,
-                        f"worker {w.name} in pool {name} failed: {check.reason}",
-                        count=False,
+                        w.cluster, f"worker {w.name} in pool {name} failed: {check.reason}"
                     )
         return [result[w.name] for w in workers]

@@ -233,6 +233,51 @@ class ElasticSettings(Configurable):
         config=True,
     )
 
+    worker_failure_budget = Integer(
+        5,
+        min=1,
+        help="""
+        Rounds of lost workers in a row after which a cluster stops replacing them. A
+        worker is lost when its process, job or pod ends or disappears, before or after
+        it connected, without the analyst or adaptive scaling asking for fewer; workers
+        lost together (within one back-off) are one round. When the budget is spent the
+        cluster keeps the workers it has, shows one event naming the repeated reason,
+        and starts no more until the analyst scales it again. Replaces upstream's
+        ``worker_start_failure_limit`` for lost workers, which failed the whole cluster.
+        """,
+        config=True,
+    )
+
+    worker_replace_backoff = Float(
+        2.0,
+        min=0,
+        help="""
+        Seconds a cluster waits after losing a worker before it starts workers again;
+        doubled for each further round of losses in a row, up to
+        ``worker_replace_backoff_max``.
+        """,
+        config=True,
+    )
+
+    worker_replace_backoff_max = Float(
+        60.0,
+        min=0,
+        help="The longest wait before replacing lost workers (see ``worker_replace_backoff``).",
+        config=True,
+    )
+
+    worker_healthy_after = Float(
+        600.0,
+        min=0,
+        help="""
+        Seconds after which a worker counts as healthy: losing a worker that had been
+        connected this long (a preempted job, a drained node) does not spend the failure
+        budget and clears the count, and so does a loss this long after the last counted
+        one. Shorter-lived workers lost in a row are a crash loop and spend it.
+        """,
+        config=True,
+    )
+
     launcher_retry_delay = Float(
         5.0,
         min=0.1,

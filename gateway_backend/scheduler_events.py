@@ -71,7 +71,7 @@ class SchedulerEvents:
         ones do: their replacements would run the same environment."""
         text = one_line(report.text())
         if report.role == "worker" and report.refused:
-            self._record_worker_failure(cluster, text, count=False)  # the event, as an error
+            self._record_worker_failure(cluster, text)  # the event, as an error
             self._count_removed_worker(cluster, "mismatched_workers", text, "had other versions")
         else:
             self.events.add(cluster.name, text, "error" if report.refused else "warning")
@@ -86,7 +86,7 @@ class SchedulerEvents:
             f"worker {report.worker}{where} at {report.address} cannot be reached from the "
             f"scheduler ({report.error}), so it was removed: {hint}"
         )
-        self._record_worker_failure(cluster, reason, count=False)
+        self._record_worker_failure(cluster, reason)
         self._count_removed_worker(
             cluster, "unreachable_workers", reason, "could not be reached from the scheduler"
         )
