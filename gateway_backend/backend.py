@@ -386,7 +386,7 @@ class ElasticBackend(
         if worker.target == JobStatus.FAILED and cluster.target == JobStatus.RUNNING:
             check = self.worker_conditions.get(worker.name)
             why = why_lost(worker, check, cluster.state.get("last_worker_failure", ""))
-            loss = self._budget.lost(cluster.name, *why)
+            loss = self._budget.lost(cluster.name, **why)
             if loss.message:
                 self.events.add(cluster.name, loss.message, loss.level)
         await super()._worker_to_stopped(worker)

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dask_gateway_server.backends.db_base import JobStatus
 from dask_gateway_server.utils import timestamp
@@ -44,7 +44,8 @@ class _Losses:
     rounds: int = 0  # rounds of losses counted towards the budget, in a row
     last_counted: float = -math.inf  # when the last round began (clock seconds)
     resume_at: float = 0.0  # no worker starts before this (clock seconds)
-    reasons: list[str] = field(default_factory=list)  # one per counted round
+    reasons: list[str] = field(default_factory=list)  # one per counted round, names blanked
+    last_reason: str = ""
     spent: bool = False
 
 
@@ -83,9 +84,12 @@ class FailureBudget:
         self.clock = clock
         self._clusters: dict[str, _Losses] = {}
 
-    def lost(self, cluster: str, reason: str, connected_for: float | None = None) -> Loss:
+    def lost(
+        self, cluster: str, reason: str, connected_for: float | None = None, worker: str = ""
+    ) -> Loss:
         """A worker of ``cluster`` was lost; ``connected_for``: seconds since it was started,
-        if it had connected (None: it never did)."""
+        if it had connected (None: it never did); ``worker``: its name, blanked out of
+        ``reason`` when comparing reasons."""
         now = self.clock()
         losses = self._clusters.setdefault(cluster, _Losses())
         if losses.spent:
@@ -93,18 +97,21 @@ class FailureBudget:
         if now < losses.resume_at:
             return Loss(losses.resume_at - now)  # the same round as the loss before
         healthy = connected_for is not None and connected_for >= self.healthy_after
+        who, reason = f"worker {worker}" if worker else "a worker", one_line(reason)
         if healthy or now - losses.last_counted >= self.healthy_after:
             losses.rounds, losses.reasons = 0, []
         if healthy:
             losses.resume_at = now + self.backoff
             return Loss(
                 self.backoff,
-                f"worker lost after {connected_for:.0f}s of work ({reason}); "
+                f"{who} lost after {connected_for:.0f}s of work ({reason}); "
                 f"replacing it in {self.backoff:g}s",
             )
         losses.rounds += 1
         losses.last_counted = now
-        losses.reasons.append(one_line(reason))
+        losses.last_reason = reason
+        blanked = losses.last_reason.replace(worker, "*") if worker else losses.last_reason
+        losses.reasons.append(blanked)
         if losses.rounds >= self.budget:
             losses.spent = True
             return Loss(math.inf, self._spent_message(losses), "error")
@@ -112,13 +119,13 @@ class FailureBudget:
         losses.resume_at = now + delay
         return Loss(
             delay,
-            f"worker lost ({reason}); replacing lost workers in {delay:g}s "
+            f"{who} lost ({reason}); replacing lost workers in {delay:g}s "
             f"(failure {losses.rounds} of the budget of {self.budget})",
         )
 
     def _spent_message(self, losses: _Losses) -> str:
         same = len(set(losses.reasons)) == 1
-        why = f"each time: {losses.reasons[-1]}" if same else f"last: {losses.reasons[-1]}"
+        why = f"each time: {losses.last_reason}" if same else f"last: {losses.last_reason}"
         return (
             f"stopped replacing lost workers: workers were lost {losses.rounds} times in a row "
             f"(ElasticBackend.worker_failure_budget={self.budget}); {why}. Fix the cause (the "
@@ -144,9 +151,15 @@ class FailureBudget:
         self._clusters.pop(cluster, None)
 
 
-def why_lost(worker: Worker, check: Check | None, last_failure: str) -> tuple[str, float | None]:
-    """Why ``worker`` was lost, in the analyst's words, and how long it had been connected
-    (seconds since it was started; None if it never connected)."""
+def why_lost(worker: Worker, check: Check | None, last_failure: str) -> dict[str, Any]:
+    """``FailureBudget.lost``'s arguments for ``worker``: why it was lost, in the analyst's
+    words, and how long it had been connected (seconds since it was started; None if it
+    never connected)."""
+    reason, connected_for = _why_lost(worker, check, last_failure)
+    return {"reason": reason, "connected_for": connected_for, "worker": worker.name}
+
+
+def _why_lost(worker: Worker, check: Check | None, last_failure: str) -> tuple[str, float | None]:
     if worker.status == JobStatus.RUNNING:
         age = max(0.0, (timestamp() - worker.start_time) / 1000)
         if check is not None and check.phase is Phase.FAILED and check.reason:

@@ -99,31 +99,6 @@ def _group_start(pgid: int) -> float:
     return psutil.Process(pgid).create_time()
 
 
-def test_workers_that_keep_failing_to_start_fail_the_cluster_with_the_reason(gateways):
-    gateway = gateways.start(
-        'c.ElasticClusterConfig.worker_cmd = ["python", "-c", '
-        "\"import sys; sys.exit('worker image is broken')\"]\n"
-        "c.ElasticBackend.worker_start_failure_limit = 3\n"
-    )
-    gw = gateways.client(gateway)
-    try:
-        cluster = gw.new_cluster()
-        cluster.scale(1)
-
-        def failed():
-            details = gw.cluster_details(cluster.name)
-            return details if details["status"] in ("FAILED", "STOPPED") else None
-
-        details = wait_for(failed, what="the cluster to fail")
-        assert details["status"] == "FAILED"
-        assert "3 workers in a row failed to start" in details["failure_reason"]
-        assert "worker image is broken" in details["failure_reason"]
-        assert any("worker image is broken" in e["message"] for e in details["events"])
-        wait_for(lambda: not gateway.leftover_processes(), what="the failed cluster's processes")
-    finally:
-        gw.close()
-
-
 @pytest.mark.parametrize(
     ("options", "expected"),
     [

@@ -12,10 +12,12 @@ import signal
 import time
 
 import pytest
+from dask_gateway import GatewayWarning
 
 from ..conftest import process_groups, wait_for, workers_of
 from .test_htcondor import make_pool, needs_standin
 from .test_kubernetes import kube_env, make_k8s
+from .test_quotas import GROUPS_AUTH, SIZES
 
 pytestmark = pytest.mark.e2e
 FIXTURES = (make_pool, kube_env, make_k8s)  # pytest finds them here by name
@@ -96,7 +98,7 @@ def test_local_worker_killed_after_connecting_is_replaced_before_the_restart_gra
         # Well within the 120 s grace: the launcher saw the process end.
         wait_for(replaced, timeout=30, what="a replacement worker")
         assert len(process_groups(gateway)) == 1 + 2
-        [lost] = events_of(gw, cluster, "worker lost")
+        [lost] = events_of(gw, cluster, "replacing lost workers in")
         assert "worker process exited" in lost and "failure 1 of the budget of 3" in lost
         cluster.shutdown()
     finally:
@@ -143,7 +145,36 @@ def test_workers_adaptive_scaling_retired_are_not_replaced(gateways):
         time.sleep(5)
         assert workers_of(cluster) == 1
         assert len(process_groups(gateway)) == 1 + 1
-        assert events_of(gw, cluster, "worker lost") == []
+        assert events_of(gw, cluster, " lost") == []
+        cluster.shutdown()
+    finally:
+        gw.close()
+
+
+def test_replacements_stay_within_the_vo_quota(gateways):
+    vos = '{"cms": {"groups": ["cms"], "max_cores": 3}}'  # the scheduler and 2 workers
+    gateway = gateways.start(GROUPS_AUTH + SIZES + f"c.ElasticBackend.vos = {vos}\n")
+    gw = gateways.client(gateway, "alice")
+    try:
+        cluster = gw.new_cluster()
+        with pytest.warns(GatewayWarning, match="granted 2 of 4 workers"):
+            cluster.scale(4)
+        wait_for(lambda: workers_of(cluster) == 2, what="the 2 workers the quota grants")
+        before = set(cluster.scheduler_info["workers"])
+        scheduler = min(process_groups(gateway), key=_started)
+        os.killpg(next(g for g in process_groups(gateway) if g != scheduler), signal.SIGKILL)
+        most = 0
+
+        def replaced():
+            nonlocal most
+            most = max(most, len(process_groups(gateway)))
+            now = set(cluster.scheduler_info["workers"])
+            return len(now) == 2 and now != before
+
+        wait_for(replaced, timeout=30, what="a replacement within the quota")
+        time.sleep(3)
+        assert most <= 1 + 2 and len(process_groups(gateway)) == 1 + 2
+        assert workers_of(cluster) == 2
         cluster.shutdown()
     finally:
         gw.close()
@@ -153,7 +184,7 @@ def test_client_restart_brings_every_local_worker_back(gw):
     cluster = gw.new_cluster()
     cluster.scale(2)
     restart_brings_every_worker_back(cluster, 2)
-    assert events_of(gw, cluster, "worker lost") == []
+    assert events_of(gw, cluster, " lost") == []
     cluster.shutdown()
 
 
@@ -184,7 +215,7 @@ def test_a_job_removed_before_its_worker_connected_is_replaced_and_the_count_rea
     wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="2 workers")
     names = {w["name"] for w in cluster.scheduler_info["workers"].values()}
     assert kept["DaskGatewayWorker"] in names and victim["DaskGatewayWorker"] not in names
-    [lost] = events_of(pool.gw, cluster, "worker lost")
+    [lost] = events_of(pool.gw, cluster, "replacing lost workers in")
     assert "the job left the schedd queue" in lost
     cluster.shutdown()
 
@@ -217,7 +248,7 @@ def test_a_worker_pod_deleted_is_replaced(make_k8s):
 
     wait_for(replaced, timeout=90, what="a replacement pod worker")
     assert len(k.worker_pod_names(cluster)) == 2
-    assert events_of(k.gw, cluster, "worker lost")
+    assert events_of(k.gw, cluster, "replacing lost workers in")
     cluster.shutdown()
 
 

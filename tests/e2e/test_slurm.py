@@ -329,24 +329,26 @@ def test_a_restarted_gateway_adopts_its_jobs_cancels_strays_and_the_lease_ends_t
 
 
 @TRANSPORTS
-def test_a_submission_slurm_refuses_fails_the_cluster_with_slurms_words(
+def test_a_submission_slurm_refuses_stops_worker_starts_with_slurms_words(
     make_pool, slurm, transport
 ):
     # Slurm answers and says no: a failure the analyst reads, not an outage to wait out.
     pool = make_pool(
         'c.SlurmLauncher.partition = "no-such-partition"\n'
-        "c.ElasticBackend.worker_start_failure_limit = 2\n" + slurm.transport_config(transport)
+        "c.ElasticBackend.worker_failure_budget = 2\n"
+        "c.ElasticBackend.worker_replace_backoff = 0.5\n" + slurm.transport_config(transport)
     )
     cluster = pool.gw.new_cluster()
     cluster.scale(1)
 
-    def failed():
-        details = pool.gw.cluster_details(cluster.name)
-        return details if details["status"] == "FAILED" else None
+    def spent():
+        events = [e["message"] for e in pool.gw.cluster_details(cluster.name)["events"]]
+        return events if any("stopped replacing lost workers" in m for m in events) else None
 
-    details = wait_for(failed, timeout=60, what="the cluster to fail")
-    assert "invalid partition" in details["failure_reason"].lower(), details["failure_reason"]
-    events = " ".join(e["message"] for e in details["events"])
+    events = wait_for(spent, timeout=60, what="the failure budget spent")
+    [message] = [m for m in events if "stopped replacing lost workers" in m]
+    assert "invalid partition" in message.lower(), message
+    events = " ".join(events)
     assert "Slurm refused the worker jobs" in events and "unavailable" not in events
     assert pool.tasks() == {}
 

@@ -22,9 +22,12 @@ def budget(n=3, backoff=2.0, backoff_max=5.0, healthy_after=100.0):
 
 def test_a_lost_worker_delays_the_next_start_by_the_backoff():
     b, clock = budget()
-    loss = b.lost("c", "worker process exited: boom")
+    loss = b.lost("c", "worker process exited: boom", worker="w1")
     assert loss.delay == 2.0
-    assert "failure 1 of the budget of 3" in loss.message and "boom" in loss.message
+    assert loss.message == (
+        "worker w1 lost (worker process exited: boom); replacing lost workers in 2s "
+        "(failure 1 of the budget of 3)"
+    )
     assert b.wait("c") == 2.0
     clock.now += 2.0
     assert b.wait("c") == 0.0
@@ -67,6 +70,14 @@ def test_the_budget_spent_stops_starts_with_one_event_naming_the_repeated_reason
     assert b.wait("c") == math.inf
 
 
+def test_reasons_that_differ_only_in_the_workers_name_are_the_same_reason():
+    b, clock = budget(n=2)
+    b.lost("c", "job held: cannot run dask worker --name w1", worker="w1")
+    clock.now += 10
+    spent = b.lost("c", "job held: cannot run dask worker --name w2", worker="w2")
+    assert "each time: job held: cannot run dask worker --name w2" in spent.message
+
+
 def test_different_reasons_name_the_last_one():
     b, clock = budget(n=2)
     b.lost("c", "pod was deleted")
@@ -76,7 +87,7 @@ def test_different_reasons_name_the_last_one():
 
 
 def test_a_scale_request_renews_a_spent_budget():
-    b, clock = budget(n=1)
+    b, _ = budget(n=1)
     b.lost("c", "x")
     assert b.wait("c") == math.inf
     assert b.renew("c") is True
@@ -111,7 +122,7 @@ def test_young_workers_that_connected_and_died_spend_the_budget():
 
 
 def test_clusters_have_budgets_of_their_own():
-    b, clock = budget(n=1)
+    b, _ = budget(n=1)
     b.lost("a", "x")
     assert b.wait("a") == math.inf and b.wait("b") == 0.0
     b.forget("a")
