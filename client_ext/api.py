@@ -8,6 +8,7 @@ and both ``ElasticGateway`` and ``ElasticCluster`` ask these questions.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from dask_gateway import Gateway
@@ -58,6 +59,17 @@ async def cluster_details(gateway: Gateway, cluster_name: str) -> dict[str, Any]
     """Workers per pool (pending with reasons, running), recent events, failure reason."""
     resp = await gateway._request("GET", f"{gateway.address}{API_PREFIX}/clusters/{cluster_name}")
     return await resp.json()
+
+
+async def cluster_logs(
+    gateway: Gateway, cluster_name: str, worker: str | None = None, tail: int | None = None
+) -> dict[str, str]:
+    """The scheduler's and each worker's log by name (stopped ones too), or ``worker``'s."""
+    params = {k: str(v) for k, v in (("worker", worker), ("tail", tail)) if v is not None}
+    query = f"?{urlencode(params)}" if params else ""
+    url = f"{gateway.address}{API_PREFIX}/clusters/{cluster_name}/logs{query}"
+    resp = await gateway._request("GET", url)
+    return (await resp.json())["logs"]
 
 
 async def quota(gateway: Gateway) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import weakref
 from typing import Any
 
 from dask_gateway import GatewayCluster
+from dask_gateway.client import GatewayClusterError
 
 from . import api
 from .auth import resolve_address_and_auth
@@ -19,6 +20,7 @@ from .credentials import forward as forward_credentials_to
 logger = logging.getLogger(__name__)
 
 PoolCounts = dict[str, dict[str, int]]
+FAILURE_LOG_LINES = 20
 
 
 def pool_counts(details: dict[str, Any]) -> PoolCounts:
@@ -86,7 +88,10 @@ class ElasticCluster(GatewayCluster):
     async def _start_async(self) -> None:
         api.use_gateway_messages(self.gateway)
         created_here = self.status == "created"
-        await super()._start_async()
+        try:
+            await super()._start_async()
+        except GatewayClusterError as exc:
+            raise GatewayClusterError(await self._why_it_failed(str(exc))) from None
         if created_here and not self.shutdown_on_close and self.status == "running":
             await self._detach()
         try:  # the profile and pools for repr and the widget from the start
@@ -107,6 +112,25 @@ class ElasticCluster(GatewayCluster):
             "Cluster %s outlives this notebook; stopped after %s without a client",
             self.name,
             f"{limit:g} s" if limit else "never",
+        )
+
+    async def _why_it_failed(self, message: str) -> str:
+        """Upstream's "failed to start, see logs" with the reason and the scheduler's log."""
+        if not getattr(self, "name", None):
+            return message
+        try:
+            details = await api.cluster_details(self.gateway, self.name)
+            logs = await api.cluster_logs(self.gateway, self.name, "scheduler", FAILURE_LOG_LINES)
+        except Exception:
+            logger.debug("no details of failed cluster %s", self.name, exc_info=True)
+            return message
+        reason = details.get("failure_reason") or "no reason recorded"
+        log = logs.get("scheduler", "").strip()
+        if not log:
+            return f"Cluster {self.name} failed to start: {reason}"
+        return (
+            f"Cluster {self.name} failed to start: {reason}\n"
+            f"Last lines of the scheduler's log:\n{log}"
         )
 
     async def _stop_async(self) -> None:
@@ -160,6 +184,16 @@ class ElasticCluster(GatewayCluster):
                 self._refresher.stop()
             self._refresher = Refresher(self, refresh_every, x509, token, files, discover)
         return summary
+
+    def logs(self, worker: str | None = None, tail: int | None = None) -> dict[str, str]:
+        """The scheduler's and every worker's log, by name (``"scheduler"``, worker names).
+
+        Includes workers that stopped or died and, after the cluster stopped, everything
+        for a while (the gateway's ``log_keep_for``): the place to look after a
+        ``KilledWorker``. ``worker`` picks one (``"scheduler"`` for the scheduler),
+        ``tail`` keeps the last lines of each. Credentials are removed by the gateway.
+        """
+        return self.gateway.sync(api.cluster_logs, self.gateway, self.name, worker, tail)
 
     async def _pool_summary(self) -> PoolCounts:
         return pool_counts(await self._details())

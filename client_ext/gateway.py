@@ -97,6 +97,12 @@ class ElasticGateway(Gateway):
         """Workers per pool (pending with reasons, running), recent events, failure reason."""
         return self.sync(api.cluster_details, self, cluster_name, **kwargs)
 
+    def cluster_logs(
+        self, cluster_name: str, worker: str | None = None, tail: int | None = None
+    ) -> dict[str, str]:
+        """Logs of a cluster you own (also one stopped a while ago): see ``ElasticCluster.logs``."""
+        return self.sync(api.cluster_logs, self, cluster_name, worker, tail)
+
     def quota(self, **kwargs: Any) -> dict[str, Any]:
         """Your VOs' limits and current usage (every VO's, for admins).
 

@@ -19,6 +19,7 @@ from dask_gateway_server.utils import timestamp
 
 from .api_guards import guard_user_names, refuse_malformed_requests
 from .cluster_summary import cluster_summary
+from .log_store import PROCESS_NAME
 from .metrics import render_metrics
 from .scheduler_reports import BadReport, parse_report
 
@@ -75,6 +76,7 @@ def cluster_details(views: GatewayViews, cluster: Cluster) -> dict[str, Any]:
         "failure_reason": cluster.state.get("failure_reason"),
         "stop_reason": cluster.state.get("stop_reason"),
         "events": views.events.get(cluster.name),
+        "ended_workers": views.fates.ended(cluster.name),
     }
 
 
@@ -92,6 +94,51 @@ def environment_text(config: Any) -> str:
 async def get_cluster_details(request: web.Request) -> web.Response:
     cluster = _owned_cluster(request)
     return web.json_response(cluster_details(_views(request), cluster))
+
+
+MAX_TAIL = 100_000
+
+
+def _logs_query(request: web.Request) -> tuple[str | None, int | None]:
+    """``worker`` and ``tail`` of a logs request, checked (422 names the parameter)."""
+    worker = request.query.get("worker")
+    if worker is not None and not PROCESS_NAME.fullmatch(worker):
+        raise web.HTTPUnprocessableEntity(
+            reason="worker must be a worker name (as in cluster.details()) or 'scheduler'"
+        )
+    tail = request.query.get("tail")
+    if tail is None:
+        return worker, None
+    if not tail.isdigit() or int(tail) > MAX_TAIL:
+        raise web.HTTPUnprocessableEntity(
+            reason=f"tail must be a number of lines from 0 to {MAX_TAIL:,}"
+        )
+    return worker, int(tail)
+
+
+@api_handler(user_authenticated=True)
+async def get_cluster_logs(request: web.Request) -> web.Response:
+    """The scheduler's and every worker's log (stopped ones too), for the owner and admins.
+
+    A running cluster's logs are fetched from its launchers now; a stopped cluster's
+    are the ones kept (``ElasticBackend.log_keep_for``), also after its record is gone.
+    """
+    worker, tail = _logs_query(request)
+    views = _views(request)
+    name = request.match_info["cluster_name"]
+    user = request["user"]
+    cluster = views.get_cluster(name)
+    if cluster is not None:
+        cluster = _owned_cluster(request)
+        logs = await views.logs.read(cluster, worker, tail)
+    else:
+        owner = views.logs.store.owner(name)
+        if owner is None or not (user.admin or user.name == owner):
+            raise web.HTTPNotFound(reason=f"Cluster {name} not found")
+        logs = views.logs.store.read(name, worker, tail)
+    if worker is not None and worker not in logs:
+        raise web.HTTPNotFound(reason=f"No log of {worker} is kept for cluster {name}")
+    return web.json_response({"cluster": name, "logs": logs})
 
 
 @api_handler(user_authenticated=True)
@@ -232,6 +279,7 @@ def add_routes(app: web.Application, views: GatewayViews) -> None:
     guard_user_names(app["authenticator"])
     app.router.add_get(PREFIX + "/clusters", get_clusters)
     app.router.add_get(PREFIX + "/clusters/{cluster_name}", get_cluster_details)
+    app.router.add_get(PREFIX + "/clusters/{cluster_name}/logs", get_cluster_logs)
     app.router.add_get(PREFIX + "/quota", get_quota)
     app.router.add_get(PREFIX + "/profiles", get_profiles)
     app.router.add_post(PREFIX + "/clusters/{cluster_name}/events", post_cluster_event)

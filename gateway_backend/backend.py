@@ -56,6 +56,8 @@ from .sqlite_tuning import tune_sqlite
 from .tls_keys import TLSKeys
 from .tls_keys import install as use_prepared_tls_keys
 from .views import GatewayViews
+from .worker_fates import WorkerFates
+from .worker_logs import LogKeeper
 
 
 class ElasticBackend(
@@ -69,6 +71,7 @@ class ElasticBackend(
 
     # -- set-up -------------------------------------------------------------------
     def _load_launchers(self) -> None:
+        self.logs = LogKeeper.for_backend(self)  # the pools' stops keep logs first
         specs = parse_pool_specs(self.worker_pools)
         pool_specs = {
             name: LauncherSpec(
@@ -91,7 +94,7 @@ class ElasticBackend(
             dict.fromkeys([self.scheduler_launcher_instance, *by_pool.values()])
         )
         self._stoppers = {
-            p.name: Batcher(p.launcher.stop_workers, self.stop_batch_window)
+            p.name: Batcher(self.logs.before_stop(p.launcher.stop_workers), self.stop_batch_window)
             for p in self.pools.pools
         }
 
@@ -160,6 +163,8 @@ class ElasticBackend(
         # Upstream replaces this instance with the one it starts.
         self.proxy = Proxy(parent=self, log=self.log)
         self._load_launchers()
+        conditions, active = self.worker_conditions, lambda: self.db.active_clusters()
+        self.fates = WorkerFates(active, self.pools.pool_of, self.events, conditions, self.logs)
         self.profile_book = ProfileBook(self.profiles, self.quotas, self.pools)
         if self.profile_book.enabled and self._admin_set("cluster_options"):
             raise ConfigError(
@@ -187,6 +192,8 @@ class ElasticBackend(
             note_scheduler_stop=self.note_scheduler_stop,
             scheduler_report=self.scheduler_report,
             clusters_of=lambda user: self.db.list_clusters(username=user),
+            logs=self.logs,
+            fates=self.fates,
         )
         api.add_routes(app, views)
         await super().setup(app)
@@ -195,6 +202,9 @@ class ElasticBackend(
         """After a restart: remove what runs without a record, fail records without a process."""
         tune_sqlite(self.db.db, self.sqlite_synchronous)  # upstream just opened it
         self.record_changes.watch(self.db)
+        run_periodically(self._loops, self.logs.prune, 60, self.log, "Deleting old logs")
+        period, why = self.worker_status_period, "Checking running workers"
+        run_periodically(self._loops, self.fates.check_running, period, self.log, why)
         bursts = [p.burst_after for p in self.pools.pools if p.burst_after]
         if bursts:
             period = max(0.2, min(min(bursts) / 4, self.worker_status_period))
@@ -398,6 +408,7 @@ class ElasticBackend(
             await self._record_why_the_scheduler_stopped(cluster)
         await super()._cluster_to_stopped(cluster)
         self.events.stopped(cluster.name)
+        self.logs.stopped(cluster.name)
         self._restarts.forget(cluster.name)
         self._budget.forget(cluster.name)
         self._waiting.pop(cluster.name, None)
@@ -421,6 +432,9 @@ class ElasticBackend(
         for w in cluster.workers.values():
             if JobStatus.CREATED < w.status < JobStatus.STOPPED:
                 by_launcher[self.pools.pool_of(w).launcher].append(w)
+        await self.logs.collect(
+            cluster, [w for ws in by_launcher.values() for w in ws], scheduler=True
+        )
         for launcher, workers in by_launcher.items():
             try:
                 await launcher.stop_cluster_workers(cluster, workers)
@@ -447,6 +461,8 @@ class ElasticBackend(
             return
         if not check.alive and check.reason:
             reason = f"the scheduler stopped: {check.reason}"
+            if "last log lines" not in reason and (tail := await self.logs.scheduler_tail(cluster)):
+                reason += f"; last log lines: {tail}"
             self.events.add(cluster.name, reason, "error")
             self.db.update_cluster(cluster, state={**cluster.state, "failure_reason": reason})
 
@@ -475,6 +491,7 @@ class ElasticBackend(
                 result[w.name] = check.alive
                 self.worker_conditions[w.name] = check
                 if check.phase == Phase.FAILED:
+                    self.fates.record(w.cluster.name, w.name, name, check.reason)
                     # upstream's check loop fails it; here we only keep the reason
                     self._record_worker_failure(
                         w.cluster, f"worker {w.name} in pool {name} failed: {check.reason}"

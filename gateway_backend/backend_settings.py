@@ -8,6 +8,7 @@ reads as the hooks; the ``help=`` texts are the admin's documentation
 from __future__ import annotations
 
 import os
+import tempfile
 
 from dask_gateway_server.backends.base import ClusterConfig
 from dask_gateway_server.traitlets import Type
@@ -295,6 +296,54 @@ class ElasticSettings(Configurable):
         power loss may lose the last transactions, never the database; the
         gateway reconciles with what runs when it starts again). ``FULL``: every
         commit waits for the disk, on the event loop. PostgreSQL is not affected.
+        """,
+        config=True,
+    )
+
+    log_directory = Unicode(
+        help="""
+        Directory (made mode 0700; files in it 0600) where the gateway keeps the
+        logs of schedulers and workers for their owners, so ``cluster.logs()``
+        answers for stopped and failed workers and clusters too. ``elastic-gateway
+        serve`` puts it in its state directory; otherwise a new temporary directory.
+        Keep it on a disk only admins can read.
+        """,
+        config=True,
+    )
+
+    @default("log_directory")
+    def _default_log_directory(self) -> str:
+        return tempfile.mkdtemp(prefix="elastic-gateway-logs-")
+
+    log_max_bytes_per_process = Integer(
+        256 * 1024,
+        min=1024,
+        help="""
+        Bytes of log kept per scheduler or worker (its newest lines). Logs are
+        fetched from each launcher's source (files, the Kubernetes log API, job
+        output) when asked for, when a worker fails and before it is removed.
+        """,
+        config=True,
+    )
+
+    log_max_bytes_per_cluster = Integer(
+        16 * 1024 * 1024,
+        min=1024,
+        help="""
+        Bytes of log kept per cluster, over its scheduler and all its workers
+        (stopped ones too). Beyond it every process keeps an equal share of its
+        newest lines.
+        """,
+        config=True,
+    )
+
+    log_keep_for = Float(
+        7 * 86400.0,
+        min=0,
+        help="""
+        Seconds a stopped cluster's logs are kept for its owner (and admins) to
+        read with ``cluster.logs()`` or ``GET /api/elastic/v1/clusters/<name>/logs``;
+        then they are deleted. 0 deletes them when the cluster stops.
         """,
         config=True,
     )

@@ -29,17 +29,19 @@ def scheduler_checks_source() -> str:
 
 @cache
 def scheduler_preload_sources() -> tuple[str, ...]:
-    """The texts of our scheduler preloads: reachability, client presence, versions.
+    """The texts of our scheduler preloads: reachability, client presence, versions, and
+    the tasks of lost workers.
 
     Texts, not module names: the scheduler runs in the cluster's environment,
     where this package may not be installed.
     """
-    from . import scheduler_presence, scheduler_versions
+    from . import scheduler_presence, scheduler_versions, worker_loss_preload
 
     return (
         scheduler_checks_source(),
         inspect.getsource(scheduler_presence),
         inspect.getsource(scheduler_versions),
+        inspect.getsource(worker_loss_preload),
     )
 
 

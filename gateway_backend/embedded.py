@@ -145,6 +145,7 @@ def embedded_config(state_dir: Path, port: int):
     c.ElasticBackend.worker_status_period = 2.0
     c.ElasticBackend.cluster_heartbeat_period = 5
     c.LocalLauncher.work_directory = str(state_dir / "clusters")
+    c.ElasticBackend.log_directory = str(state_dir / "logs")
     import getpass  # its clusters are for the one OS user who can read the client file
 
     c.LocalLauncher.single_user = getpass.getuser()

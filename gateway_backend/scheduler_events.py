@@ -12,7 +12,7 @@ from dask_gateway_server.backends.db_base import Cluster, JobStatus
 from dask_gateway_server.utils import timestamp
 
 from .lifetimes import duration_text, scheduler_stop_reason
-from .scheduler_reports import Clients, Unreachable, VersionMismatch
+from .scheduler_reports import Clients, Unreachable, VersionMismatch, WorkerLost
 from .usertext import one_line
 
 
@@ -34,7 +34,7 @@ class SchedulerEvents:
             self._note_stop_reason(cluster, scheduler_stop_reason(cluster, asked))
 
     def scheduler_report(
-        self, cluster_name: str, report: Unreachable | Clients | VersionMismatch
+        self, cluster_name: str, report: Unreachable | Clients | VersionMismatch | WorkerLost
     ) -> None:
         """Act on one checked report of a cluster's scheduler."""
         cluster = self._running_cluster(cluster_name)
@@ -44,6 +44,8 @@ class SchedulerEvents:
             self._worker_unreachable(cluster, report)
         elif isinstance(report, Clients):
             self._clients_changed(cluster, report)
+        elif isinstance(report, WorkerLost):
+            self.events.add(cluster.name, report.text(), report.level)
         else:
             self._version_mismatch(cluster, report)
 

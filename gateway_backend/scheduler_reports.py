@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .usertext import one_line
+from .launchers.exit_reasons import MEMORY_ADVICE, MEMORY_KILLED
+from .usertext import one_line, quoted
 
 # The packages ``scheduler_versions`` compares; nothing else is accepted.
 CHECKED_PACKAGES = ("python", "dask", "distributed", "cloudpickle", "msgpack")
@@ -69,6 +70,51 @@ class VersionMismatch:
         return f"version mismatch: {who} {outcome} ({listed}); to fix: {ADVICE[self.role]}"
 
 
+@dataclass(frozen=True)
+class WorkerLost:
+    """A worker the scheduler lost unexpectedly (``worker_loss_preload``)."""
+
+    worker: str
+    tasks: tuple[str, ...]  # the keys it was running, at most MAX_LOST_TASKS
+    memory_bytes: int | None  # in use when its nanny restarted it for memory, else None
+
+    def text(self) -> str:
+        """The analyst's sentence: which task it ran, and whether memory was why."""
+        running = ", ".join(quoted(t, 100) for t in self.tasks)
+        during = f" while running task {running}" if running else ""
+        if self.memory_bytes is not None:
+            return one_line(
+                f"worker {self.worker} was {MEMORY_KILLED}{during} "
+                f"({self.memory_bytes / 2**30:.2f} GiB in use; its nanny restarted it): "
+                f"{MEMORY_ADVICE}"
+            )
+        return one_line(f"worker {self.worker} was lost{during}")
+
+    @property
+    def level(self) -> str:
+        return "error" if self.memory_bytes is not None else "warning"
+
+
+MAX_LOST_TASKS = 5
+
+
+def _worker_lost(body: Mapping[str, Any]) -> WorkerLost:
+    worker, tasks, memory = body.get("worker"), body.get("tasks"), body.get("memory_bytes")
+    if not (
+        isinstance(worker, str)
+        and NAME.fullmatch(worker)
+        and isinstance(tasks, list)
+        and len(tasks) <= MAX_LOST_TASKS
+        and all(isinstance(t, str) for t in tasks)
+        and (memory is None or (isinstance(memory, int) and not isinstance(memory, bool)))
+    ):
+        raise BadReport(
+            "expected {kind: 'worker_lost', worker, tasks: [at most 5 task keys], "
+            "memory_bytes: int or null}"
+        )
+    return WorkerLost(worker, tuple(t[:200] for t in tasks), memory)
+
+
 def _strings(body: Mapping[str, Any], fields: tuple[str, ...]) -> bool:
     return all(isinstance(body.get(f), str) for f in fields)
 
@@ -101,7 +147,7 @@ def _version_mismatch(body: Mapping[str, Any]) -> VersionMismatch:
     return VersionMismatch(role, checked, refused, worker if role == "worker" else None)
 
 
-def parse_report(body: Any) -> Unreachable | Clients | VersionMismatch:
+def parse_report(body: Any) -> Unreachable | Clients | VersionMismatch | WorkerLost:
     """The checked report, or ``BadReport`` saying what the kind expects."""
     kind = body.get("kind") if isinstance(body, dict) else None
     if kind == "unreachable":
@@ -122,4 +168,8 @@ def parse_report(body: Any) -> Unreachable | Clients | VersionMismatch:
         return Clients(connected, detached)
     if kind == "version_mismatch":
         return _version_mismatch(body)
-    raise BadReport("kind must be one of 'unreachable', 'clients', 'version_mismatch'")
+    if kind == "worker_lost":
+        return _worker_lost(body)
+    raise BadReport(
+        "kind must be one of 'unreachable', 'clients', 'version_mismatch', 'worker_lost'"
+    )

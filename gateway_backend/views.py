@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from .pools import PoolBook
     from .profile_book import ProfileBook
     from .quota_book import QuotaBook
-    from .scheduler_reports import Clients, Unreachable, VersionMismatch
+    from .scheduler_reports import Clients, Unreachable, VersionMismatch, WorkerLost
+    from .worker_fates import WorkerFates
+    from .worker_logs import LogKeeper
 
-    Report = Unreachable | Clients | VersionMismatch
+    Report = Unreachable | Clients | VersionMismatch | WorkerLost
 
 
 @dataclass(frozen=True)
@@ -44,3 +46,7 @@ class GatewayViews:
     """(cluster, checked report): what its scheduler found (``scheduler_reports``)."""
     clusters_of: Callable[[str], list[Cluster]]
     """The active clusters of a user, by user name."""
+    logs: LogKeeper
+    """Schedulers' and workers' logs: fetched from launchers, kept after they stop."""
+    fates: WorkerFates
+    """Workers that ended or never came, with the reason, per cluster."""

@@ -162,6 +162,12 @@ class Launcher(LoggingConfigurable):
     ``reachability_hint(address)``
         When the scheduler cannot connect back to one of this launcher's
         workers: the setting or firewall rule to change, for the event.
+    ``fetch_logs(cluster, workers, scheduler)``
+        When the owner asks for logs, when a worker failed, and just before
+        workers or a scheduler are stopped (while their logs still exist): the
+        logs of these workers (and of the scheduler if ``scheduler``), by worker
+        name and ``"scheduler"``, from the launcher's own source. Missing ones are
+        left out. Default: none (the gateway then keeps no logs for this launcher).
     """
 
     kind: ClassVar[str] = ""
@@ -223,3 +229,14 @@ class Launcher(LoggingConfigurable):
     async def remove_unknown(self, known: KnownRecords) -> int:
         """Remove what this launcher runs for this gateway without a record in ``known``."""
         return 0
+
+    # -- logs -------------------------------------------------------------------
+    async def fetch_logs(
+        self, cluster: Cluster, workers: Sequence[Worker], scheduler: bool = False
+    ) -> dict[str, str]:
+        """The logs of ``workers`` (and of the scheduler if ``scheduler``) by process name.
+
+        Read from where they are now (files, the log API, job output); the gateway
+        scrubs credentials, caps and keeps them. A log that cannot be read is left out.
+        """
+        return {}

@@ -30,15 +30,39 @@ import signal
 import sys
 from typing import Any
 
+# Log file of each child still running: its exit status is written next to it.
+_LOGS: dict[int, str] = {}
+EXIT_SUFFIX = ".exit"
+
 
 def _reap(signum, frame) -> None:
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        log = _LOGS.pop(pid, None)
+        if log is not None:
+            _write_exit_status(log + EXIT_SUFFIX, status)
+
+
+def _write_exit_status(path: str, status: int) -> None:
+    """``{"code": n}`` or ``{"signal": n}``: only the parent learns how a child ended,
+    and the gateway's status check reads it here for the reason it reports."""
+    if os.WIFSIGNALED(status):
+        text = json.dumps({"signal": os.WTERMSIG(status)})
+    else:
+        text = json.dumps({"code": os.waitstatus_to_exitcode(status)})
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 PROGRAMS = {
@@ -101,15 +125,22 @@ def serve(preload: bool = True) -> None:
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
     for line in sys.stdin:
+        # SIGCHLD waits until the child's log is noted, so no exit goes unrecorded.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
             request = json.loads(line)
             pid = os.fork()
         except Exception as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
             out.flush()
             continue
         if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             _run(request)
+        if isinstance(request.get("log"), str):
+            _LOGS[pid] = request["log"]
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         out.write(json.dumps({"pid": pid}) + "\n")
         out.flush()
 

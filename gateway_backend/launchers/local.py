@@ -35,6 +35,7 @@ from ..commands import (
     worker_env,
 )
 from .base import Check, ClusterFacts, KnownRecords, Launcher, LauncherContext, Phase
+from .exit_reasons import with_log
 from .forkserver import ForkServer
 from .local_gpus import GpuAllocator, discover_gpus
 from .local_isolation import (
@@ -44,10 +45,10 @@ from .local_isolation import (
     check_work_directory_for_users,
     find_processes,
     private_subdir,
-    read_tail,
     remove_below,
     resolve_account,
 )
+from .local_logs import LocalLogs
 from .local_settings import LocalSettings
 from .staging import write_credentials
 
@@ -74,7 +75,7 @@ def _process_alive(state: dict[str, Any]) -> bool:
         return False
 
 
-class LocalLauncher(LocalSettings, Launcher):
+class LocalLauncher(LocalSettings, LocalLogs, Launcher):
     """Runs schedulers and workers as subprocesses of the gateway's machine."""
 
     kind = "local"
@@ -218,15 +219,6 @@ class LocalLauncher(LocalSettings, Launcher):
     def log_path(self, cluster: Cluster, name: str) -> str:
         return os.path.join(self.cluster_directory(cluster), "logs", f"{name}.log")
 
-    def _log_tail(self, cluster: Cluster, name: str) -> str:
-        """The end of a process's log; a link or another user's file there is not read."""
-        try:
-            account = self.account_of(cluster)
-        except UserRefused:
-            return ""
-        owner = account.uid if account else os.geteuid()
-        return read_tail(self.cluster_directory(cluster), "logs", f"{name}.log", owner)
-
     def _spawn(self, cluster: Cluster, cmd: list[str], env: dict[str, str], name: str) -> dict:
         full_env = self._base_env()
         full_env.update(env)
@@ -325,12 +317,8 @@ class LocalLauncher(LocalSettings, Launcher):
             return Check(Phase.RUNNING)
         if "pid" not in state:
             return Check(Phase.FAILED, "no scheduler process was recorded")
-        # The exit code is known only for processes this gateway process spawned itself.
-        code = self._exit_codes.get(state["pid"])
-        tail = self._log_tail(cluster, state.get("log", "scheduler"))
-        last = tail.splitlines()[-1] if tail else "no output"
-        exited = "exited" if code is None else f"exited with code {code}"
-        return Check(Phase.FAILED, f"the scheduler process {exited}: {last}")
+        why = f"the scheduler process {self.ended(cluster, state)}"
+        return Check(Phase.FAILED, with_log(why, self.log_tail(cluster, state)))
 
     # -- workers ----------------------------------------------------------------
     async def start_workers(
@@ -459,9 +447,8 @@ class LocalLauncher(LocalSettings, Launcher):
                 continue
             if self._gpu_allocator is not None:
                 self._gpu_allocator.release([w.name])
-            tail = self._log_tail(w.cluster, w.state.get("log", ""))
-            last = tail.splitlines()[-1] if tail else "no output"
-            out.append(Check(Phase.FAILED, f"worker process exited: {last}"))
+            why = f"the worker process {self.ended(w.cluster, w.state)}"
+            out.append(Check(Phase.FAILED, with_log(why, self.log_tail(w.cluster, w.state))))
         return out
 
     async def remove_unknown(self, known: KnownRecords) -> int:

@@ -133,8 +133,8 @@ def remove_below(directory: str, *names: str) -> None:
             os.close(fd)
 
 
-def read_tail(directory: str, sub: str, name: str, owner: int) -> str:
-    """The end of ``directory/sub/name`` if it is a plain file of ``owner``, else ''.
+def read_tail(directory: str, sub: str, name: str, owner: int, limit: int = LOG_TAIL_BYTES) -> str:
+    """The last ``limit`` bytes of ``directory/sub/name`` if a plain file of ``owner``, else ''.
 
     Not a link, a FIFO, a hard link or another user's file: what the gateway reads
     there ends up in messages to the directory's user.
@@ -148,7 +148,7 @@ def read_tail(directory: str, sub: str, name: str, owner: int) -> str:
         st = os.fstat(fds[-1])
         if not stat.S_ISREG(st.st_mode) or st.st_uid != owner or st.st_nlink != 1:
             return ""
-        data = os.pread(fds[-1], LOG_TAIL_BYTES, max(0, st.st_size - LOG_TAIL_BYTES))
+        data = os.pread(fds[-1], limit, max(0, st.st_size - limit))
         return data.decode("utf-8", "replace").strip()
     except OSError:
         return ""

@@ -209,7 +209,7 @@ def test_a_scheduler_that_exits_is_reported_with_its_exit_code_and_last_words(wo
                 if not check.alive:
                     break
                 await asyncio.sleep(0.05)
-            why = "the scheduler process exited with code 3: no port for you"
+            why = "the scheduler process exited with code 3; last log lines: no port for you"
             assert check == Check(Phase.FAILED, why)
         finally:
             await launcher.stop_scheduler(cluster)
