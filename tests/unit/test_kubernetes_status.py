@@ -38,13 +38,37 @@ def test_check_pod_unschedulable_is_pending_with_the_schedulers_message():
     assert check_pod(pod()).reason == "waiting for the Kubernetes scheduler"
 
 
-def test_check_pod_failed_gives_the_termination_reason():
+def test_an_oom_killed_pod_reads_killed_for_exceeding_its_memory_limit():
     term = {"terminated": {"reason": "OOMKilled", "exitCode": 137, "message": "last log line"}}
     check = check_pod(pod("Failed", statuses=[{"name": "dask-worker", "state": term}]))
     assert check.phase == Phase.FAILED
-    assert "container dask-worker OOMKilled (exit code 137): last log line" in check.reason
+    assert check.reason.startswith(
+        "pod failed: container dask-worker was killed for exceeding its memory limit "
+        "(OOMKilled, exit code 137): ask for more worker_memory"
+    )
+    assert check.reason.endswith("; last log lines: last log line")
+
+
+def test_an_evicted_pod_says_it_was_evicted_with_the_nodes_message():
     evicted = check_pod(pod("Failed", reason="Evicted", message="node low on memory"))
-    assert "Evicted node low on memory" in evicted.reason
+    assert "the pod was evicted from its node: node low on memory" in evicted.reason
+
+
+def test_a_container_killed_by_a_signal_names_the_signal():
+    term = {"terminated": {"reason": "Error", "exitCode": 137}}
+    check = check_pod(pod("Failed", statuses=[{"name": "dask-worker", "state": term}]))
+    assert "container dask-worker was killed by signal 9 (SIGKILL)" in check.reason
+    assert "(Error, exit code 137)" in check.reason
+
+
+def test_an_image_that_cannot_be_pulled_keeps_the_worker_pending_with_what_to_check():
+    pulling = {"waiting": {"reason": "ErrImagePull", "message": 'pull "x/y:1": not found'}}
+    check = check_pod(pod(statuses=[{"name": "dask-worker", "state": pulling}], node="n"))
+    assert check.phase == Phase.PENDING
+    assert check.reason.startswith(
+        'the image of container dask-worker cannot be pulled (ErrImagePull: pull "x/y:1": '
+        "not found): check the image name of the profile or pool"
+    )
 
 
 def test_check_pod_permanent_waiting_reasons_fail_transient_ones_wait():
@@ -63,6 +87,6 @@ def test_a_scheduler_pod_fails_only_once_it_ended_with_the_pods_reason():
     term = {"terminated": {"reason": "Error", "exitCode": 1, "message": "Traceback"}}
     ended = check_scheduler_pod(pod("Failed", statuses=[{"name": "s", "state": term}]))
     assert ended.phase == Phase.FAILED
-    assert ended.reason == "pod failed: container s Error (exit code 1): Traceback"
+    assert ended.reason == "pod failed: container s Error (exit code 1); last log lines: Traceback"
     deleting = check_scheduler_pod(pod("Running", node="n", deleting=True))
     assert (deleting.phase, deleting.reason) == (Phase.FAILED, "the pod is being deleted")

@@ -31,6 +31,8 @@ REQUIRED_PERMISSIONS: dict[str, tuple[str, ...]] = {
     # Owner references with blockOwnerDeletion need this where the
     # OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, the tests).
     "pods/finalizers": ("update",),
+    # Logs of workers and schedulers, read before their pods are deleted (cluster.logs()).
+    "pods/log": ("get",),
     "services": ("create", "delete"),
     "secrets": ("create", "delete"),
 }

@@ -34,6 +34,7 @@ from ..base import (
     Phase,
 )
 from .client import KubernetesAPIError, load_kube_config, open_pod_watch, request_json
+from .logs import read_pod_logs
 from .manifests import (
     CLUSTER_LABEL,
     COMPONENT_LABEL,
@@ -56,6 +57,9 @@ from .watch import PodCache
 
 if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster, Worker
+
+
+LOG_BYTES = 1_000_000  # per pod and fetch; the gateway's store caps again
 
 
 class KubernetesLauncher(KubernetesSettings, Launcher):
@@ -383,6 +387,21 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
                 check_pod(pod) if pod is not None else self._check_missing_pod(name, w.state)
             )
         return out
+
+    async def fetch_logs(
+        self, cluster: Cluster, workers: Sequence[Worker], scheduler: bool = False
+    ) -> dict[str, str]:
+        """The pods' logs from the log API (before the gateway deletes them)."""
+        pods = {w.name: w.state["pod"] for w in workers if w.state.get("pod")}
+        if scheduler:
+            pods["scheduler"] = scheduler_pod_name(cluster.name)
+        return await read_pod_logs(
+            self.core,
+            self.namespace,
+            pods,
+            limit_bytes=LOG_BYTES,
+            request_timeout=self.request_timeout,
+        )
 
     # -- reconciliation ----------------------------------------------------------------------------
     async def remove_unknown(self, known: KnownRecords) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..base import Check, Phase
+from ..exit_reasons import MEMORY_ADVICE, MEMORY_KILLED, exit_text
 
 # Waiting reasons that never resolve by themselves: the worker failed.
 PERMANENT_WAITING = frozenset(
@@ -22,6 +23,8 @@ PERMANENT_WAITING = frozenset(
         "RunContainerError",
     }
 )
+# Waiting reasons of an image that cannot be pulled (maybe only for now: a registry outage).
+IMAGE_PULL = frozenset({"ErrImagePull", "ImagePullBackOff"})
 MAX_REASON = 400
 
 
@@ -55,14 +58,38 @@ def termination_reason(pod: Mapping[str, Any]) -> str:
             "terminated"
         )
         if term:
-            text = f"container {cs.get('name')} {term.get('reason') or 'terminated'}"
-            text += f" (exit code {term.get('exitCode')})"
+            text = _terminated_text(cs.get("name"), term)
             if term.get("message"):
-                text += f": {term['message'].strip()}"
+                text += f"; last log lines: {term['message'].strip()}"
             parts.append(text)
-    if status.get("reason") or status.get("message"):
+    if status.get("reason") == "Evicted":
+        parts.append(f"the pod was evicted from its node: {status.get('message', '')}".strip())
+    elif status.get("reason") or status.get("message"):
         parts.append(f"{status.get('reason', '')} {status.get('message', '')}".strip())
     return shorten(f"pod {status.get('phase', 'ended').lower()}: " + ("; ".join(parts) or "?"))
+
+
+def _terminated_text(container: str | None, term: Mapping[str, Any]) -> str:
+    """``container worker was killed for exceeding its memory limit (OOMKilled, exit code
+    137)``, ``container worker was killed by signal 9 ...``, ``container worker Error (exit
+    code 3)``."""
+    reason, code = term.get("reason") or "terminated", term.get("exitCode")
+    if reason == "OOMKilled":
+        return f"container {container} was {MEMORY_KILLED} (OOMKilled, exit code {code}): " + (
+            MEMORY_ADVICE
+        )
+    if isinstance(code, int) and code > 128 and reason != "Completed":
+        return f"container {container} {exit_text(signum=code - 128)} ({reason}, exit code {code})"
+    return f"container {container} {reason} (exit code {code})"
+
+
+def image_pull_reason(container: str | None, waiting: Mapping[str, Any]) -> str:
+    """The analyst's words for an image that cannot be pulled."""
+    return shorten(
+        f"the image of container {container} cannot be pulled ({waiting.get('reason')}: "
+        f"{waiting.get('message', '')}): check the image name of the profile or pool; if it "
+        "is right, the registry may be unreachable (ask the admins)"
+    )
 
 
 def check_pod(pod: Mapping[str, Any]) -> Check:
@@ -80,6 +107,8 @@ def check_pod(pod: Mapping[str, Any]) -> Check:
             if w.get("reason") in PERMANENT_WAITING:
                 why = f"container {cs.get('name')}: {w.get('reason')}: {w.get('message', '')}"
                 return Check(Phase.FAILED, shorten(why))
+            if w.get("reason") in IMAGE_PULL:
+                return Check(Phase.PENDING, image_pull_reason(cs.get("name"), w))
             waiting.append(f"{w.get('reason', 'waiting')}: {w.get('message', '')}".rstrip(": "))
     if phase == "Running":
         ready = _condition(pod, "Ready")

@@ -26,6 +26,7 @@ if not __package__:  # run as a path: import this folder as the package it is, n
     sys.path[0] = str(Path(__file__).resolve().parents[3])
 
 from tests.fakes.kubernetes.kubelet import Kubelet, node_capacity, node_labels
+from tests.fakes.kubernetes.log_server import LogServer
 from tests.fakes.kubernetes.scheduler import Scheduler
 from tests.k8s.kubeclient import Kube
 
@@ -41,6 +42,7 @@ async def main(args: argparse.Namespace) -> None:
     kubes: list[Kube] = []
     tasks: list[asyncio.Future] = []
     kubelet: Kubelet | None = None
+    log_server: LogServer | None = None
     try:
         node = await Kube.connect(args.node_kubeconfig)
         kubes.append(node)
@@ -59,6 +61,12 @@ async def main(args: argparse.Namespace) -> None:
             start_delay=args.start_delay,
             keep_files=args.keep_files,
         )
+        log_server = LogServer(
+            lambda: [p.runner for p in kubelet.pods.values()],
+            Path(args.root).resolve(),
+            node.api.configuration.ssl_ca_cert,
+        )
+        kubelet.kubelet_port = await log_server.start(args.node)
         await kubelet.start()
         tasks = [
             asyncio.ensure_future(kubelet.lease_loop()),
@@ -83,6 +91,8 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         if kubelet is not None:
             await kubelet.shutdown()
+        if log_server is not None:
+            await log_server.close()
         for kube in kubes:
             with contextlib.suppress(Exception):
                 await kube.close()

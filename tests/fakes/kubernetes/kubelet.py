@@ -83,6 +83,7 @@ class Kubelet:
         self.pgids: set[int] = set()
         self.background: set[asyncio.Future] = set()
         self.synced = False
+        self.kubelet_port = 0  # where the log server listens (0: none)
 
     async def start(self) -> None:
         """Make the pods' root directory and register the Node (retrying while the API is away)."""
@@ -112,6 +113,7 @@ class Kubelet:
                 cond("PIDPressure", "False", "KubeletHasSufficientPID"),
                 cond("Ready", "True", "KubeletReady"),
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "addresses": [
                 {"type": "InternalIP", "address": LOCAL_IP},
                 {"type": "Hostname", "address": self.node_name},

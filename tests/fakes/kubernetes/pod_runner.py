@@ -55,6 +55,10 @@ def kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+# Test-only registry: images under it "cannot be pulled" (every other image is ignored).
+UNPULLABLE = "unpullable.invalid/"
+
+
 class PodRunner:
     """One pod: its files, its processes, their exits (see module docstring)."""
 
@@ -229,6 +233,7 @@ class PodRunner:
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.on_change()
+            await self.fail_unpullable_images()
             if self.start_delay:  # what an image pull would take
                 await asyncio.sleep(self.start_delay)
             mounts = await self.materialise()
@@ -244,6 +249,21 @@ class PodRunner:
             log.exception("%s: cannot start", self.key)
             self.waiting = ("CreateContainerConfigError", str(exc)[:500])
             self.on_change()
+
+    async def fail_unpullable_images(self) -> None:
+        """A container image under ``UNPULLABLE`` cannot be pulled: ``ErrImagePull``, then
+        ``ImagePullBackOff``, for as long as the pod exists (as a kubelet retrying)."""
+        for c in (self.pod.get("spec") or {}).get("containers") or []:
+            image = c.get("image") or ""
+            if not image.startswith(UNPULLABLE):
+                continue
+            pull = f'failed to pull and unpack image "{image}": {image.split("/", 1)[0]}: not found'
+            self.waiting = ("ErrImagePull", pull)
+            self.on_change()
+            await asyncio.sleep(1)
+            self.waiting = ("ImagePullBackOff", f'Back-off pulling image "{image}"')
+            self.on_change()
+            await asyncio.Event().wait()  # until the pod is deleted (the task is cancelled)
 
     async def start_container(self, c: dict, mounts: Mapping[str, str]) -> None:
         """Start one container's command in its own session, its output to its log."""
