@@ -41,6 +41,7 @@ from .base import (
     Phase,
     log_tail,
 )
+from .exit_reasons import last_lines
 from .htcondor_quoting import (
     UnsafeValue,
     arguments_value,
@@ -61,6 +62,7 @@ from .htcondor_status import (
     merge_changes,
     parse_ads,
 )
+from .local_isolation import read_tail
 from .staging import write_credentials
 from .worker_network import batch_worker_command
 
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
 #: macro the gateway means. (A user argument equal to it would only become the worker's
 #: name; every other ``$`` is literal.)
 WORKER_NAME = "\0worker_name\0"
+LOG_BYTES = 1_000_000  # per output file and fetch; the gateway's store caps again
 
 #: Launchers that set HTCondor's ``SEC_TOKEN_DIRECTORY``, which is process-wide
 #: configuration: pools of one gateway cannot each have their own.
@@ -392,12 +395,27 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
             shutil.rmtree(self.cluster_directory(cluster), ignore_errors=True)
 
     def _why(self, worker: Worker) -> str:
-        """The last line the worker wrote to stderr, if the job's log reached us."""
+        """The last lines the worker wrote to stderr, if the job's log reached us."""
         path = os.path.join(
             self.cluster_directory(worker.cluster), "logs", f"worker-{worker.name}.err"
         )
-        lines = log_tail(path).splitlines()
-        return f": {lines[-1]}" if lines else ""
+        tail = last_lines(log_tail(path))
+        return f"; last log lines: {tail}" if tail else ""
+
+    async def fetch_logs(
+        self, cluster: Cluster, workers: Sequence[Worker], scheduler: bool = False
+    ) -> dict[str, str]:
+        """The jobs' output and error files, as far as HTCondor has brought them back."""
+        directory, out = self.cluster_directory(cluster), {}
+        for w in workers:
+            parts = [
+                read_tail(directory, "logs", f"worker-{w.name}.{ext}", os.geteuid(), LOG_BYTES)
+                for ext in ("out", "err")
+            ]
+            text = "\n".join(p for p in parts if p)
+            if text:
+                out[w.name] = text
+        return out
 
     async def check_workers(self, workers: Sequence[Worker]) -> list[Check]:
         """Answered from the status cache: no schedd call per check."""
@@ -417,7 +435,8 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
             elif job.check is not None:
                 out.append(job.check)  # made once per job change, when the ad was read
             else:
-                out.append(Check(Phase.FAILED, "the job ended" + self._why(w)))
+                ended = f" ({job.ended})" if job.ended else ""
+                out.append(Check(Phase.FAILED, f"the job ended{ended}" + self._why(w)))
         return out
 
     async def remove_unknown(self, known: KnownRecords) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import Check, Phase
+from .exit_reasons import MEMORY_ADVICE, MEMORY_KILLED, exit_text
 
 # JobStatus values (htcondor2.JobStatus)
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
@@ -31,6 +32,10 @@ PROJECTION = [
     "JobStatus",
     "DaskGatewayWorker",
     "HoldReason",
+    "HoldReasonCode",
+    "ExitCode",
+    "ExitBySignal",
+    "ExitSignal",
     "EnteredCurrentStatus",
     "LastRejMatchReason",
     "ServerTime",
@@ -48,12 +53,38 @@ class JobInfo:
     why_idle: str = ""
     check: Check | None = field(default=None, compare=False)
     """What a status check answers for this job (None when it ended: the log says how)."""
+    ended: str = field(default="", compare=False)
+    """How a completed job's process ended (``exited with code 3``), if the ad says."""
 
 
-def job_check(status: int, hold_reason: str, why_idle: str) -> Check | None:
+# HoldReasonCode 34: the job used more memory (or disk) than it requested (the execute
+# point's policy); older pools hold with their own code and a memory message.
+OUT_OF_RESOURCES = 34
+
+
+def held_text(hold_reason: str, code: int | None) -> str:
+    """``job held: <HoldReason>``, in memory words where HTCondor held it for memory."""
+    if code == OUT_OF_RESOURCES or "memory" in hold_reason.lower():
+        return f"job held: {MEMORY_KILLED} ({hold_reason}): {MEMORY_ADVICE}"
+    return f"job held: {hold_reason}"
+
+
+def ended_text(ad: Mapping[str, Any]) -> str:
+    """How a completed job's process ended, from ``ExitBySignal``/``ExitSignal``/``ExitCode``."""
+    try:
+        if ad["ExitBySignal"] is True:
+            return exit_text(signum=int(ad["ExitSignal"]))
+        return exit_text(int(ad["ExitCode"]))
+    except (KeyError, TypeError, ValueError):
+        return ""
+
+
+def job_check(
+    status: int, hold_reason: str, why_idle: str, hold_code: int | None = None
+) -> Check | None:
     """The worker's check for a job in the queue; None for an ended job (read its log)."""
     if status == HELD:
-        return Check(Phase.FAILED, f"job held: {hold_reason}")
+        return Check(Phase.FAILED, held_text(hold_reason, hold_code))
     if status in LEAVING:
         return None
     if status == RUNNING:
@@ -86,6 +117,13 @@ def _text(ad: Mapping[str, Any], key: str) -> str:
         return ""
 
 
+def _int(ad: Mapping[str, Any], key: str) -> int | None:
+    try:
+        return int(ad[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def parse_ads(ads: Iterable[Mapping[str, Any]]) -> QueryResult:
     """Job ads (``classad2.ClassAd`` or dicts) as ``JobInfo`` by worker name.
 
@@ -101,6 +139,7 @@ def parse_ads(ads: Iterable[Mapping[str, Any]]) -> QueryResult:
             status = IDLE
         worker = str(ad["DaskGatewayWorker"]) if "DaskGatewayWorker" in ad else ""
         hold_reason = _text(ad, "HoldReason") if status == HELD else ""
+        hold_code = _int(ad, "HoldReasonCode") if status == HELD else None
         why_idle = _text(ad, "LastRejMatchReason") if status == IDLE else ""
         jobs[worker] = JobInfo(
             job_id=f"{ad['ClusterId']}.{ad['ProcId']}",
@@ -108,7 +147,8 @@ def parse_ads(ads: Iterable[Mapping[str, Any]]) -> QueryResult:
             status=status,
             hold_reason=hold_reason,
             why_idle=why_idle,
-            check=job_check(status, hold_reason, why_idle),
+            check=job_check(status, hold_reason, why_idle, hold_code),
+            ended=ended_text(ad) if status == COMPLETED else "",
         )
         if "ServerTime" in ad:
             t = int(ad["ServerTime"])
