@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 PoolCounts = dict[str, dict[str, int]]
 FAILURE_LOG_LINES = 20
+ENDED_SHOWN = 3  # workers that ended, in the widget and the HTML view
 
 
 def pool_counts(details: dict[str, Any]) -> PoolCounts:
@@ -52,6 +53,7 @@ class ElasticCluster(GatewayCluster):
     # Class-level defaults, so repr works on a cluster whose __init__ failed early.
     _pools: PoolCounts | None = None
     _profile: str | None = None  # "name (environment)", from the last details()
+    _ended: list | None = None  # workers that ended, with reasons, from the last details()
     _credentials: dict | None = None  # what forward_credentials() sent, no content
     _refresher: Any = None
     _pool_refresh: concurrent.futures.Future | None = None
@@ -143,6 +145,7 @@ class ElasticCluster(GatewayCluster):
     async def _details(self) -> dict[str, Any]:
         details = await api.cluster_details(self.gateway, self.name)
         self._pools = pool_counts(details)
+        self._ended = details.get("ended_workers") or []
         if details.get("profile"):
             self._profile = f"{details['profile']} ({details['environment']})"
         return details
@@ -215,7 +218,17 @@ class ElasticCluster(GatewayCluster):
         if not self._pools:
             return status
         pools = html.escape(pools_text(self._pools))
-        return (status or "") + f"<p><b>Workers per pool:</b> {pools}</p>"
+        return (status or "") + f"<p><b>Workers per pool:</b> {pools}</p>" + self._ended_html()
+
+    def _ended_html(self) -> str:
+        """The last workers that ended and why (``cluster.details()["ended_workers"]``)."""
+        if not self._ended:
+            return ""
+        items = "".join(
+            f"<li>{html.escape(str(e.get('worker')))}: {html.escape(str(e.get('reason')))}</li>"
+            for e in self._ended[-ENDED_SHOWN:]
+        )
+        return f"<p><b>Workers that ended:</b></p><ul>{items}</ul>"
 
     def _widget(self):
         """Upstream's ipywidget (scale/adapt controls, dashboard link), titled ElasticCluster.
@@ -262,7 +275,8 @@ class ElasticCluster(GatewayCluster):
             + f"    <li><b>Workers per pool: </b>{pools}\n"
             + self._credentials_html()
             + "  </ul>\n"
-            "</div>\n"
+            + self._ended_html()
+            + "</div>\n"
         )
 
 

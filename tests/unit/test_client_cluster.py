@@ -169,3 +169,17 @@ async def test_the_widget_refresh_lets_a_dropped_cluster_be_collected():
     gc.collect()
     assert ref() is None
     await asyncio.wait_for(refresh, 1)
+
+
+def test_the_widget_and_html_view_show_why_the_last_workers_ended_escaped():
+    answer = details()
+    answer["ended_workers"] = [
+        {"worker": f"w{i}", "pool": "cpu", "reason": f"exited with code {i}"} for i in range(5)
+    ]
+    answer["ended_workers"][-1]["reason"] = "was killed by signal 9 <script>"
+    cluster = cluster_on(FakeGateway({NAME: answer}))
+    cluster.details()
+    for view in (cluster._widget_status(), cluster._repr_html_()):
+        assert "<b>Workers that ended:</b>" in view
+        assert "<li>w4: was killed by signal 9 &lt;script&gt;</li>" in view
+        assert "w1:" not in view  # the last three only

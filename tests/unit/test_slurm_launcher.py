@@ -154,3 +154,20 @@ def test_a_vo_is_charged_to_its_account_then_its_accounting_group_then_the_defau
 
 def test_the_short_name_loads_the_slurm_launcher():
     assert isinstance(build(partition="debug")["hpc"], SlurmLauncher)
+
+
+async def test_a_workers_log_is_its_array_tasks_output_file(tmp_path):
+    from types import SimpleNamespace
+
+    launcher = SlurmLauncher(staging_directory=str(tmp_path))
+    cluster = SimpleNamespace(name="c" * 32)
+    logs = tmp_path / cluster.name / "logs"
+    logs.mkdir(parents=True)
+    (logs / "slurm-41_0.out").write_text("Starting Worker\nKilled\n")
+    done = SimpleNamespace(name="w0", state={"job_id": "41_0"})
+    unsubmitted = SimpleNamespace(name="w1", state={})
+    missing = SimpleNamespace(name="w2", state={"job_id": "41_2"})
+
+    logs_by_name = await launcher.fetch_logs(cluster, [done, unsubmitted, missing])
+
+    assert logs_by_name == {"w0": "Starting Worker\nKilled"}

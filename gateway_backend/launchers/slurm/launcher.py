@@ -48,6 +48,7 @@ from ..base import (
     Phase,
     log_tail,
 )
+from ..local_isolation import read_tail
 from ..staging import write_credentials, write_private_file
 from ..worker_network import batch_worker_command
 from .client import JobRecord, SlurmClient, SlurmRefused
@@ -66,6 +67,8 @@ from .status import job_check
 
 if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster, Worker
+
+LOG_BYTES = 1_000_000  # per output file and fetch; the gateway's store caps again
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,21 @@ class SlurmLauncher(SlurmSettings, Launcher):
         )
         lines = log_tail(path).splitlines()
         return lines[-1] if lines else ""
+
+    async def fetch_logs(
+        self, cluster: Cluster, workers: Sequence[Worker], scheduler: bool = False
+    ) -> dict[str, str]:
+        """Each array task's ``--output`` file (stdout and stderr), as far as it is written."""
+        directory, out = self.cluster_directory(cluster.name), {}
+        for w in workers:
+            job_id = str(w.state.get("job_id", ""))
+            if not job_id:
+                continue
+            name = f"slurm-{job_id}.out"
+            text = read_tail(directory, "logs", name, os.geteuid(), LOG_BYTES)
+            if text:
+                out[w.name] = text
+        return out
 
     async def check_workers(self, workers: Sequence[Worker]) -> list[Check]:
         """Answered from the status cache: no Slurm call per check."""
