@@ -27,10 +27,11 @@ REDACTED = "[redacted]"
 _PRIVATE_KEY = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S
 )
-# "Authorization: token abc", "Bearer abc", "api_token=abc", "DASK_GATEWAY_API_TOKEN=abc"
+# "Authorization: token abc", "Bearer abc", "api_token=abc", "DASK_GATEWAY_API_TOKEN=abc".
+# Bounded repetitions only: logs are user-controlled, and scrubbing must stay linear.
 _CREDENTIAL_WORDS = re.compile(
     r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?[a-z]+\s+|bearer\s+|"
-    r"[a-z0-9_]*(?:token|password|secret)[a-z0-9_]*['\"]?\s*[=:]\s*['\"]?)"
+    r"(?:token|password|secret)[a-z0-9_]{0,40}['\"]?\s*[=:]\s*['\"]?)"
     r"[A-Za-z0-9+/=._~-]{8,}"
 )
 

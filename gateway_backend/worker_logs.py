@@ -100,8 +100,10 @@ class LogKeeper:
             )
         )
         logs = {k: v for part in fetched for k, v in part.items()}
-        try:
-            self.store.save(cluster.name, cluster.username, logs, cluster_secrets(cluster))
+        try:  # scrubbing and writing megabytes: not on the event loop
+            await asyncio.to_thread(
+                self.store.save, cluster.name, cluster.username, logs, cluster_secrets(cluster)
+            )
         except OSError:
             self.log.warning("Keeping logs of cluster %s failed", cluster.name, exc_info=True)
 
@@ -131,7 +133,7 @@ class LogKeeper:
             ]
             wants_scheduler = worker in (None, "scheduler") and cluster.status > JobStatus.CREATED
             await self.collect(cluster, live, scheduler=wants_scheduler)
-        return self.store.read(cluster.name, worker, tail)
+        return await asyncio.to_thread(self.store.read, cluster.name, worker, tail)
 
     async def scheduler_tail(self, cluster: Cluster) -> str:
         """The last lines of the scheduler's log (for a failed start's reason), fetched now."""

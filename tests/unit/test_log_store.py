@@ -111,3 +111,11 @@ def test_credential_looking_assignments_are_scrubbed(line):
 def test_ordinary_log_lines_are_left_alone():
     line = "distributed.worker - INFO - Starting Worker tokenizer at tls://127.0.0.1:40001"
     assert scrub(line) == line
+
+
+def test_scrubbing_a_hostile_megabyte_line_takes_linear_time():
+    import time
+
+    start = time.monotonic()
+    scrub("a" * 1_000_000 + "\n" + "-----BEGIN PRIVATE KEY-----\n" * 20_000)
+    assert time.monotonic() - start < 2

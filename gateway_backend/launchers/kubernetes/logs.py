@@ -14,6 +14,7 @@ from kubernetes_asyncio.client import CoreV1Api
 
 # Statuses meaning "no log to read": the pod is gone, or its container never started.
 NO_LOG = frozenset({400, 404})
+CONCURRENT_READS = 20  # a scale-down of hundreds of pods must not open hundreds of requests
 
 
 async def read_pod_log(
@@ -48,15 +49,19 @@ async def read_pod_logs(
 ) -> dict[str, str]:
     """``{process name: log}`` for ``{process name: pod name}``, read concurrently."""
     names = list(pods)
-    results = await asyncio.gather(
-        *(
-            read_pod_log(
-                core, namespace, pods[n], limit_bytes=limit_bytes, request_timeout=request_timeout
+    limit = asyncio.Semaphore(CONCURRENT_READS)
+
+    async def read(name: str) -> str | None:
+        async with limit:
+            return await read_pod_log(
+                core,
+                namespace,
+                pods[name],
+                limit_bytes=limit_bytes,
+                request_timeout=request_timeout,
             )
-            for n in names
-        ),
-        return_exceptions=True,
-    )
+
+    results = await asyncio.gather(*(read(n) for n in names), return_exceptions=True)
     out = {}
     for name, result in zip(names, results, strict=True):
         if isinstance(result, str) and result:
