@@ -73,12 +73,13 @@ class WorkerFates:
         pools: dict[str, WorkerPool] = {}
         active = set()
         for cluster in self._active_clusters():
+            # A stopping cluster's workers end as asked: nothing to explain.
+            running = cluster.status == cluster.target == JobStatus.RUNNING
             for w in cluster.active_workers():
                 active.add(w.name)
-                if cluster.status == JobStatus.RUNNING and w.status == JobStatus.RUNNING:
-                    if w.name not in self._told:
-                        pool = pools.setdefault(self._pool_of(w).name, self._pool_of(w))
-                        by_pool[pool.name].append(w)
+                if running and w.status == JobStatus.RUNNING and w.name not in self._told:
+                    pool = pools.setdefault(self._pool_of(w).name, self._pool_of(w))
+                    by_pool[pool.name].append(w)
         self._told &= active  # stopped workers are not checked again
         for pool_name, workers in by_pool.items():
             pool = pools[pool_name]
