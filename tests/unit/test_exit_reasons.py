@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from gateway_backend.api import worker_lost_message
+import re
+
+import pytest
+
 from gateway_backend.launchers.exit_reasons import exit_text, with_log
 from gateway_backend.launchers.htcondor_status import (
     COMPLETED,
@@ -11,6 +14,7 @@ from gateway_backend.launchers.htcondor_status import (
     held_text,
     parse_ads,
 )
+from gateway_backend.scheduler_reports import BadReport, parse_report
 
 
 def test_a_sigkill_names_the_signal_and_the_usual_cause():
@@ -59,13 +63,25 @@ def test_parsed_ads_carry_the_hold_code_and_the_exit():
     assert jobs["w2"].ended == "exited with code 4"
 
 
+def lost(tasks: list, memory_bytes) -> dict:
+    return {"kind": "worker_lost", "worker": "w1", "tasks": tasks, "memory_bytes": memory_bytes}
+
+
 def test_a_worker_lost_for_memory_names_its_task():
-    text, level = worker_lost_message("w1", ["hog-1"], 300 * 2**20)
-    assert level == "error"
+    report = parse_report(lost(["hog-1"], 300 * 2**20))
+    assert report.level == "error"
+    text = report.text()
     assert text.startswith("worker w1 was killed for exceeding its memory limit while running ")
     assert "task 'hog-1' (0.29 GiB in use; its nanny restarted it)" in text
 
 
 def test_a_hostile_task_key_stays_one_bounded_line():
-    text, level = worker_lost_message("w1", ["evil\nkey" * 100], None)
-    assert level == "warning" and "\n" not in text and len(text) < 400
+    report = parse_report(lost(["evil\nkey" * 100], None))
+    assert report.level == "warning"
+    assert "\n" not in report.text() and len(report.text()) < 400
+
+
+def test_a_malformed_worker_lost_report_is_refused_saying_what_is_expected():
+    for bad in (lost("hog", None), lost(["a"] * 6, None), lost([], True), lost([1], None)):
+        with pytest.raises(BadReport, match=re.escape("expected {kind: 'worker_lost'")):
+            parse_report(bad)
