@@ -99,7 +99,8 @@ def test_local_worker_killed_after_connecting_is_replaced_before_the_restart_gra
         wait_for(replaced, timeout=30, what="a replacement worker")
         assert len(process_groups(gateway)) == 1 + 2
         [lost] = events_of(gw, cluster, "replacing lost workers in")
-        assert "worker process exited" in lost and "failure 1 of the budget of 3" in lost
+        assert "the worker process was killed by signal 9 (SIGKILL)" in lost
+        assert "failure 1 of the budget of 3" in lost
         cluster.shutdown()
     finally:
         gw.close()
