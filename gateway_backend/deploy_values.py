@@ -154,6 +154,8 @@ def _configure_backend(
     state_dir = env.get(STATE_DIR_ENV) or os.getcwd()
     db_url = env.get(DB_URL_ENV) or f"sqlite:///{state_dir}/gateway.sqlite"
     c.ElasticBackend.db_url = db_url
+    # Workers' and schedulers' logs outlive them (cluster.logs()): on the state volume too.
+    c.ElasticBackend.log_directory = f"{state_dir}/logs"
     presets = {"db_url": db_url}
     for key, trait in BACKEND_TRAITS.items():
         if key in backend:

@@ -81,6 +81,11 @@ def test_sqlite_database_lives_in_the_state_directory(default_values):
     assert c.ElasticBackend.db_url == "sqlite:////state/gateway.sqlite"
 
 
+def test_worker_logs_are_kept_in_the_state_directory(default_values):
+    c = configured(default_values)
+    assert c.ElasticBackend.log_directory == "/state/logs"
+
+
 def test_external_database_url_comes_from_the_environment(default_values):
     env = {**ENV, "ELASTIC_GATEWAY_DB_URL": "postgresql+psycopg://gw:pw@db/gateway"}
     c = configured(default_values, env)
