@@ -20,6 +20,7 @@ from gateway_backend.launchers.slurm.script import submitter_id
 
 from ..conftest import wait_for, workers_of
 from ..slurm.fixtures import Slurm, needs_own_daemons, slurm_fixture  # noqa: F401
+from .test_replacement import restart_brings_every_worker_back
 
 pytestmark = pytest.mark.e2e
 
@@ -392,5 +393,18 @@ def test_worker_jobs_ask_for_the_clusters_cores_memory_and_gpus(make_pool, slurm
         job = pool.slurm.run("scontrol", "show", "job", task.job_id)
         assert "NumCPUs=2 " in job and "MinMemoryNode=3G" in job, job
         assert "TresPerNode=gres:gpu:1" in job, job
+    cluster.shutdown()
+    wait_for(lambda: pool.tasks() == {}, what="no job after stop")
+
+
+def test_client_restart_brings_every_slurm_worker_back_in_the_same_jobs(make_pool):
+    """The Nanny in each array task restarts its worker: no job is cancelled or submitted."""
+    pool = make_pool()
+    cluster = pool.gw.new_cluster()
+    cluster.scale(2)
+    wait_for(lambda: workers_of(cluster) == 2, timeout=90, what="2 Slurm workers")
+    jobs = {name: task.job_id for name, task in pool.tasks(cluster.name).items()}
+    restart_brings_every_worker_back(cluster, 2)
+    assert {name: task.job_id for name, task in pool.tasks(cluster.name).items()} == jobs
     cluster.shutdown()
     wait_for(lambda: pool.tasks() == {}, what="no job after stop")
