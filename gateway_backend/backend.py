@@ -327,10 +327,8 @@ class ElasticBackend(ClusterRequests, ElasticSettings, DBBackendBase):
         await super().forward_message_to_scheduler(cluster, msg)
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
-        count = self._scale_down.heartbeat_count(cluster_name, msg["count"])
-        record = self.db.get_cluster(cluster_name)
-        expected = [w.name for w in record.workers.values() if w.close_expected] if record else []
-        msg = self._restarts.hold(cluster_name, {**msg, "count": count}, expected)
+        msg = {**msg, "count": self._scale_down.heartbeat_count(cluster_name, msg["count"])}
+        msg = await self._restarts.hold_alive(self.db, cluster_name, msg, self.pools)
         await super().on_cluster_heartbeat(cluster_name, msg)
 
     def _note_waiting(self, cluster: Cluster, why: str) -> None:

@@ -5,15 +5,22 @@ Nanny revives after a crash leaves the scheduler and registers again under the s
 name seconds later. dask-gateway's scheduler reports it as closed at once, and
 upstream's backend would then stop its job or pod, leaving the cluster with no
 workers (coffea-casa #460). Unexpected closures are held back as still active for
-``grace`` seconds; a worker that is really gone is also noticed by its launcher's
-own check.
+``grace`` seconds, unless its launcher says its process, job or pod is gone: then it
+is reported closed at once and replaced (found by benchmarks/chaos.py: an HTCondor job
+that ended while the gateway restarted stayed a RUNNING record, counted against the
+VO's quota and blocking its replacement, for the whole grace).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dask_gateway_server.backends.db_base import DataManager
+
+    from .pools import PoolBook
 
 
 class RestartGrace:
@@ -53,6 +60,35 @@ class RestartGrace:
             **msg,
             "active_workers": [*msg["active_workers"], *sorted(held)],
             "closed_workers": [n for n in msg["closed_workers"] if n not in held],
+        }
+
+    async def hold_alive(
+        self, db: DataManager, name: str, msg: Mapping[str, Any], pools: PoolBook
+    ) -> Mapping[str, Any]:
+        """``hold``, except for workers whose launcher finds them gone (asked of held ones only).
+
+        Workers marked ``close_expected`` (asked to leave) are never held. A launcher
+        that cannot tell (its service unreachable) answers pending: the worker stays held.
+        """
+        record = db.get_cluster(name)
+        workers = record.workers if record is not None else {}
+        expected = [w.name for w in workers.values() if w.close_expected]
+        held = self.hold(name, msg, expected)
+        names = set(held["active_workers"]) - set(msg["active_workers"])
+        by_launcher: dict[Any, list] = {}
+        for n in sorted(names):
+            if n in workers:
+                by_launcher.setdefault(pools.pool_of(workers[n]).launcher, []).append(workers[n])
+        gone = set()
+        for launcher, checked in by_launcher.items():
+            checks = await launcher.check_workers(checked)
+            gone |= {w.name for w, check in zip(checked, checks, strict=True) if not check.alive}
+        if not gone:
+            return held
+        return {
+            **held,
+            "active_workers": [n for n in held["active_workers"] if n not in gone],
+            "closed_workers": [*held["closed_workers"], *sorted(gone)],
         }
 
     def forget(self, cluster: str) -> None:

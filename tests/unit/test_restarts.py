@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
+from gateway_backend.launchers import Check, Phase
 from gateway_backend.restarts import RestartGrace
 
 
@@ -46,3 +50,55 @@ def test_a_stopped_cluster_is_forgotten():
     grace.hold("c", beat(closed=["b"]), now=100)
     grace.forget("c")
     assert grace._closed_since == {}
+
+
+class Launcher:
+    """Answers check_workers from a fixed set of live worker names, or cannot tell."""
+
+    def __init__(self, alive=(), unreachable=False):
+        self.alive = set(alive)
+        self.unreachable = unreachable
+        self.asked: list[list[str]] = []
+
+    async def check_workers(self, workers):
+        self.asked.append([w.name for w in workers])
+        if self.unreachable:
+            return [Check(Phase.PENDING, "schedd unreachable") for _ in workers]
+        return [
+            Check(Phase.RUNNING) if w.name in self.alive else Check(Phase.FAILED, "job left")
+            for w in workers
+        ]
+
+
+def records(launcher, *names):
+    workers = {n: SimpleNamespace(name=n, close_expected=False) for n in names}
+    db = SimpleNamespace(get_cluster=lambda name: SimpleNamespace(workers=workers))
+    pools = SimpleNamespace(pool_of=lambda worker: SimpleNamespace(launcher=launcher))
+    return db, pools
+
+
+def test_a_closed_worker_whose_job_is_gone_is_reported_closed_at_once():
+    launcher = Launcher(alive=["a"])
+    db, pools = records(launcher, "a", "b")
+    msg = asyncio.run(RestartGrace(30).hold_alive(db, "c", beat(active=["a"], closed=["b"]), pools))
+    assert msg["active_workers"] == ["a"] and msg["closed_workers"] == ["b"]
+    assert launcher.asked == [["b"]]  # only the held worker is checked
+
+
+def test_a_closed_worker_whose_process_still_runs_is_held_as_a_nanny_restart():
+    db, pools = records(Launcher(alive=["a", "b"]), "a", "b")
+    msg = asyncio.run(RestartGrace(30).hold_alive(db, "c", beat(active=["a"], closed=["b"]), pools))
+    assert msg["active_workers"] == ["a", "b"] and msg["closed_workers"] == []
+
+
+def test_a_launcher_that_cannot_tell_keeps_the_worker_held():
+    db, pools = records(Launcher(unreachable=True), "b")
+    msg = asyncio.run(RestartGrace(30).hold_alive(db, "c", beat(closed=["b"]), pools))
+    assert msg["active_workers"] == ["b"]
+
+
+def test_no_launcher_is_asked_when_nothing_is_held():
+    launcher = Launcher(alive=["a"])
+    db, pools = records(launcher, "a")
+    asyncio.run(RestartGrace(30).hold_alive(db, "c", beat(active=["a"]), pools))
+    assert launcher.asked == []
