@@ -227,12 +227,15 @@ class Chaos:
             self.load.step()
             overshoot = self.sample_overshoot()
             time.sleep(self.rng.uniform(0, 1.5))  # mid-start, mid-scale, mid-stop
+            t_fault = time.monotonic()
             note = self.inject(kind)
+            heal = world.elapsed_since(t_fault)  # the fault's length and the restart, if any
             overshoot += note.pop("overshoot", [])
             recovery, check, awaited = self.settle()
             wrong = self.load.compute_check()
             row = {
                 **note,
+                "heal_s": heal,
                 "recovery_s": recovery,
                 "orphans": check.orphans,
                 "ghosts": check.ghosts,
@@ -244,7 +247,11 @@ class Chaos:
             self.results.append(row)
             bad = {k: v for k, v in row.items() if isinstance(v, list) and v}
             said = {k: v for k, v in note.items() if k != "kind"}
-            print(f"[{i}/{len(kinds)}] {kind} {said}: recovered in {recovery}s {bad or 'ok'}")
+            print(
+                f"[{i}/{len(kinds)}] {kind} {said}: healed in {heal}s, invariants held "
+                f"{recovery}s later: {bad or 'ok'}",
+                flush=True,
+            )
             if awaited:
                 print(f"    until then: {awaited}", flush=True)
         self.finish()
@@ -270,8 +277,8 @@ class Chaos:
 
 def table(results: list[dict], load: Workload, violations: list[str], samples: int) -> str:
     lines = [
-        "| fault | injected | recovery median s | recovery max s | orphans | ghosts "
-        "| quota mismatch | overshoot | wrong results |",
+        "| fault | injected | fault+heal median / max s | settle median / max s | orphans "
+        "| ghosts | quota mismatch | overshoot | wrong results |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in (*KINDS, "all"):
@@ -279,12 +286,14 @@ def table(results: list[dict], load: Workload, violations: list[str], samples: i
         if not rows:
             continue
         rec = [r["recovery_s"] for r in rows]
+        heal = [r["heal_s"] for r in rows]
         counts = [
             sum(len(r[k]) for r in rows)
             for k in ("orphans", "ghosts", "quota_mismatch", "overshoot", "wrong_results")
         ]
         lines.append(
-            f"| {kind} | {len(rows)} | {statistics.median(rec):.1f} | {max(rec):.1f} | "
+            f"| {kind} | {len(rows)} | {statistics.median(heal):.1f} / {max(heal):.1f} "
+            f"| {statistics.median(rec):.1f} / {max(rec):.1f} | "
             + " | ".join(map(str, counts))
             + " |"
         )

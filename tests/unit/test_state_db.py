@@ -1,10 +1,10 @@
 """The state database is checked before serving and a failing disk ends the gateway, not clusters.
 
 Found by benchmarks/chaos.py: a zero-length or deleted database made a restarted gateway
-stop every running cluster as unknown; a corrupted or locked one ended start-up in a
-traceback naming neither the file nor the fix; a full disk left upstream's loops retrying
-writes (or, on a graceful stop, stopping every cluster through the failing database).
-"""
+stop every running cluster as unknown ("Removed 3 local resources with no record"); a
+corrupted or locked one ended start-up in a SQLAlchemy traceback naming neither the file
+nor the fix. A full disk now ends the gateway at once with a message naming the file,
+leaving clusters and records as they were for the next start to adopt."""
 
 from __future__ import annotations
 
