@@ -339,6 +339,8 @@ def main() -> int:
             chaos = Chaos(root, rng, standin, socket_path)
             try:
                 chaos.run(args.faults, deadline, tuple(args.kinds.split(",")))
+            except Exception as exc:  # reported with the table, as a violation
+                chaos.violations.append(f"the run stopped early: {exc!r}")
             finally:
                 chaos.gateway.stop()
                 chaos.gateway.kill()

@@ -2,9 +2,11 @@
 
 Found by benchmarks/chaos.py: a zero-length or deleted database made a restarted gateway
 stop every running cluster as unknown ("Removed 3 local resources with no record"); a
-corrupted or locked one ended start-up in a SQLAlchemy traceback naming neither the file
-nor the fix. A full disk now ends the gateway at once with a message naming the file,
-leaving clusters and records as they were for the next start to adopt."""
+corrupted one ended start-up in a SQLAlchemy traceback naming neither the file nor the
+fix; a locked one went unnoticed until the gateway's writes waited on it. A full disk
+now ends the gateway at once with a message naming the file, leaving clusters and
+records as they were for the next start to adopt.
+"""
 
 from __future__ import annotations
 
