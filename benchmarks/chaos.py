@@ -21,10 +21,13 @@ no job log, unlike a real schedd), so only pauses; the Kubernetes control plane 
 slurmctld take minutes and most of this machine's 2 cores to start, so their faults are
 in tests/e2e/test_kubernetes.py and tests/e2e/test_slurm*.py, not here.
 
-    python benchmarks/chaos.py [--faults 100] [--seed S] [--max-minutes 60] [--json out.json]
+    python benchmarks/chaos.py [--faults 100] [--seed S] [--max-minutes 90] [--json out.json]
+                               [--kinds gateway-kill,disk-full,...] [--keep]
 
 Needs root (the tmpfs); loopback only. Prints its seed: rerun with --seed to replay the
-same faults and workload choices (timings of course vary).
+same faults and workload choices (timings of course vary); --kinds draws from some kinds
+only, --keep keeps the run's directory with the gateway's and the stand-in's logs. Exits 1
+when any invariant was broken. Results: docs/reliability.md.
 """
 
 from __future__ import annotations
