@@ -95,8 +95,30 @@ def serve(args: argparse.Namespace) -> int:
 
     app = EmbeddedGateway(config=config)
     app.initialize(["--log-level", args.log_level])
+    refused = _check_database(app.config, state_dir)
+    if refused is not None:
+        return refused
     app.start()
     return 0
+
+
+def _check_database(config, state_dir: Path) -> int | None:
+    """None if the configured SQLite file (if any) is fit to serve from, else exit code 3."""
+    from .embedded import processes_in
+    from .state_db import StateDatabaseError, check_state_database, sqlite_file
+
+    path = sqlite_file(config.ElasticBackend.db_url)
+    if path is None:
+        return None
+    # Processes the local launchers run from this state directory, which an empty
+    # database would have the gateway stop as unknown.
+    running = len(processes_in(state_dir / "clusters"))
+    try:
+        check_state_database(path, live_cluster_processes=running)
+    except StateDatabaseError as err:
+        print(f"elastic-gateway: {err}", file=sys.stderr, flush=True)
+        return 3
+    return None
 
 
 def demo(args: argparse.Namespace) -> int:

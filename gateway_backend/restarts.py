@@ -5,8 +5,11 @@ Nanny revives after a crash leaves the scheduler and registers again under the s
 name seconds later. dask-gateway's scheduler reports it as closed at once, and
 upstream's backend would then stop its job or pod, leaving the cluster with no
 workers (coffea-casa #460). Unexpected closures are held back as still active for
-``grace`` seconds; a worker that is really gone is also noticed by its launcher's
-own check.
+``grace`` seconds, unless its launcher says its process, job or pod is gone
+(``replacement.checked_closures``): then it is reported closed at once and replaced
+(benchmarks/chaos.py found an HTCondor job that ended while the gateway restarted
+staying a RUNNING record, counted against the VO's quota and blocking its replacement,
+for the whole grace).
 """
 
 from __future__ import annotations

@@ -16,13 +16,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .state_db import exit_on_storage_failure
+
 SYNCHRONOUS = ("FULL", "NORMAL", "OFF")
 
 
 def tune_sqlite(engine: sa.engine.Engine, synchronous: str) -> bool:
     """Put a SQLite *file* database in WAL mode with ``synchronous``; True if it is one.
 
-    Other databases (PostgreSQL, in-memory SQLite) are left as they are.
+    Other databases (PostgreSQL, in-memory SQLite) are left as they are. A statement the
+    file or disk refuses (full, corrupted) ends the process: see ``state_db``.
     """
     url = engine.url
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
@@ -38,5 +41,6 @@ def tune_sqlite(engine: sa.engine.Engine, synchronous: str) -> bool:
         cursor.close()
 
     sa.event.listen(engine, "connect", on_connect)
+    exit_on_storage_failure(engine)  # a full disk ends the gateway, not the clusters
     engine.dispose()  # pooled connections reconnect with the pragmas
     return True
