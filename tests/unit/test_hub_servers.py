@@ -12,6 +12,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from aiohttp import web
 from dask_gateway_server.backends.db_base import JobStatus
 from dask_gateway_server.utils import FrozenAttrDict
 
@@ -206,3 +207,69 @@ async def test_without_tied_clusters_the_hub_is_not_asked(hub):
     watch = HubServerWatch(hub, lambda: [cluster(server=None)], stop, logging.getLogger("t"), int)
     await watch.check()
     assert stop.stopped == [] and not watch._trouble
+
+
+@pytest.fixture
+async def hub_replies(hub):
+    """A loopback HTTP server answering the two hub routes the check uses, with replies
+    set by the test (shaped as JupyterHub 6's: ``/user`` of the service, pages of users)."""
+    replies: dict = {"scopes": ["list:users", "read:servers"], "pages": [[]]}
+    asked: list[dict] = []
+
+    async def whoami(request: web.Request) -> web.Response:
+        return web.json_response({"kind": "service", "name": "dask-gateway", **replies})
+
+    async def users(request: web.Request) -> web.Response:
+        asked.append(dict(request.query))
+        offset, pages = int(request.query["offset"]), replies["pages"]
+        index = offset // 2
+        more = index + 1 < len(pages)
+        return web.json_response(
+            {
+                "items": pages[index],
+                "_pagination": {"offset": offset, "next": {"offset": offset + 2} if more else None},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/hub/api/user", whoami)
+    app.router.add_get("/hub/api/users", users)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    hub.jupyterhub_api_url = f"http://127.0.0.1:{port}/hub/api"
+    try:
+        yield replies, asked
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_gateway_token_without_read_servers_stops_nothing_and_names_the_scope(
+    hub, hub_replies, caplog
+):
+    replies, _ = hub_replies
+    replies["scopes"] = ["list:users"]
+    stop = Recorder()
+    await HubServerWatch(hub, lambda: [cluster()], stop, logging.getLogger("t"), int).check()
+    assert stop.stopped == []
+    assert "lacks the scope(s) read:servers" in caplog.text
+
+
+async def test_a_filtered_list_users_scope_counts_as_missing(hub, hub_replies, caplog):
+    replies, _ = hub_replies
+    replies["scopes"] = ["list:users!group=cms", "read:servers"]
+    stop = Recorder()
+    await HubServerWatch(hub, lambda: [cluster()], stop, logging.getLogger("t"), int).check()
+    assert stop.stopped == [] and "lacks the scope(s) list:users" in caplog.text
+
+
+async def test_every_page_of_active_users_is_read(hub, hub_replies):
+    replies, asked = hub_replies
+    alice = {"name": "alice", "servers": {"": {"started": STARTED}}}
+    replies["pages"] = [[{"name": "bob", "servers": {}}], [alice]]
+    stop = Recorder()
+    clusters = [cluster("mine"), cluster("bobs", user="bob")]
+    await HubServerWatch(hub, lambda: clusters, stop, logging.getLogger("t"), lambda: 2000).check()
+    assert [q["state"] for q in asked] == ["active", "active"]
+    assert [name for name, _ in stop.stopped] == ["bobs"]
