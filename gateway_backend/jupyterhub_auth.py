@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import ContentTypeError, web
 from dask_gateway_server.auth import JupyterHubAuthenticator, UserCache, unauthorized
 from dask_gateway_server.models import User
-from traitlets import Bool, Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 
 from .hub_servers import server_of_token
 from .usertext import one_line, quoted
@@ -166,6 +166,15 @@ class ElasticJupyterHubAuthenticator(JupyterHubAuthenticator):
         """,
         config=True,
     )
+
+    @validate("server_check_period")
+    def _check_server_check_period(self, proposal: dict) -> float:
+        if not proposal["value"] > 0:
+            raise TraitError(
+                "ElasticJupyterHubAuthenticator.server_check_period: must be a number of "
+                f"seconds above 0, got {proposal['value']!r}"
+            )
+        return proposal["value"]
 
     @default("cache")
     def _default_cache(self) -> UserCache:

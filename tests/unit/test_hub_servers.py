@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from dask_gateway_server.backends.db_base import JobStatus
 from dask_gateway_server.utils import FrozenAttrDict
+from traitlets import TraitError
 
 from gateway_backend.embedded import free_port
 from gateway_backend.hub_servers import (
@@ -273,3 +274,9 @@ async def test_every_page_of_active_users_is_read(hub, hub_replies):
     await HubServerWatch(hub, lambda: clusters, stop, logging.getLogger("t"), lambda: 2000).check()
     assert [q["state"] for q in asked] == ["active", "active"]
     assert [name for name, _ in stop.stopped] == ["bobs"]
+
+
+@pytest.mark.parametrize("period", [0, -1])
+def test_a_check_period_that_is_not_above_zero_is_refused_naming_the_setting(period):
+    with pytest.raises(TraitError, match=r"ElasticJupyterHubAuthenticator\.server_check_period"):
+        ElasticJupyterHubAuthenticator(server_check_period=period)
