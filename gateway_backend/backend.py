@@ -27,6 +27,7 @@ from .bursting import PendingBursts
 from .cluster_requests import ClusterRequests, facts_of_vo
 from .config import ConfigError
 from .events import EventLog
+from .hub_servers import watch_hub_servers
 from .launchers import (
     Check,
     ClusterFacts,
@@ -205,6 +206,7 @@ class ElasticBackend(
         run_periodically(self._loops, self.logs.prune, 60, self.log, "Deleting old logs")
         period, why = self.worker_status_period, "Checking running workers"
         run_periodically(self._loops, self.fates.check_running, period, self.log, why)
+        watch_hub_servers(self)
         bursts = [p.burst_after for p in self.pools.pools if p.burst_after]
         if bursts:
             period = max(0.2, min(min(bursts) / 4, self.worker_status_period))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.utils import FrozenAttrDict
 
+from .hub_servers import TIE_KEY, server_text
 from .launchers import ClusterFacts
 from .options import explain_invalid_options, with_gateway_choices
 from .pools import requested_pools
@@ -86,9 +87,19 @@ class ClusterRequests:
                 self.quotas.admit_cluster(vo, user.name, FrozenAttrDict(config_dict))
             except QuotaRefused as exc:
                 raise PublicException(one_line(str(exc))) from None
+        # The hub named the server of the user's token (never the client): see hub_servers.
+        tie = getattr(user, "jupyterhub_server", None)
+        if tie:
+            config_dict[TIE_KEY] = tie
         cluster = self.db.create_cluster(user.name, options, config_dict)
         self.log.info(
             "Created cluster %s for user %s (VO %s)", cluster.name, user.name, options.get("vo")
         )
+        if tie:
+            self.events.add(
+                cluster.name,
+                f"stops when {server_text(tie)} stops (unless created with "
+                "shutdown_on_close=False)",
+            )
         self.queue.put(cluster)
         return cluster.name

@@ -247,7 +247,7 @@ def _configure_auth(c: Config, auth: Mapping[str, Any], env: Mapping[str, str]) 
         c.DaskGateway.authenticator_class = SIMPLE_AUTHENTICATOR
         c.SimpleAuthenticator.password = password
     elif kind == "jupyterhub":
-        hub = _keys(auth.get(kind, {}), where, {"apiUrl", "serviceName"})
+        hub = _keys(auth.get(kind, {}), where, {"apiUrl", "serviceName", "stopClustersWithServer"})
         api_url = hub.get("apiUrl", "")
         if not isinstance(api_url, str) or not re.match(r"https?://\S+$", api_url):
             raise ConfigError(f"{where}.apiUrl: the hub's API URL, e.g. http://hub:8081/hub/api")
@@ -263,6 +263,12 @@ def _configure_auth(c: Config, auth: Mapping[str, Any], env: Mapping[str, str]) 
         c.ElasticJupyterHubAuthenticator.jupyterhub_service_name = _string(
             hub.get("serviceName", "dask-gateway"), f"{where}.serviceName"
         )
+        stop_with_server = hub.get("stopClustersWithServer", False)
+        if not isinstance(stop_with_server, bool):
+            raise ConfigError(
+                f"{where}.stopClustersWithServer: must be true or false, got {stop_with_server!r}"
+            )
+        c.ElasticJupyterHubAuthenticator.stop_clusters_with_server = stop_with_server
     elif kind == "kerberos":
         kerberos = _keys(auth.get(kind, {}), where, {"serviceName"})
         keytab = env.get(KEYTAB_ENV, "")

@@ -12,21 +12,28 @@ service access check, and changes what upstream gets wrong for a VO gateway:
 - a token without access to the gateway's service gets a 403 naming the scope.
 
 Groups from the hub are untrusted strings; they are only compared with the VO
-groups of the admin's config (``ElasticBackend.vos``).
+groups of the admin's config (``ElasticBackend.vos``). With
+``stop_clusters_with_server``, the server a token belongs to (``hub_servers``)
+travels with the user to the new cluster's record; the cache of who a token is
+keeps one entry per token, not upstream's one per user name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
+import uuid
 from typing import Any
 
 import aiohttp
 from aiohttp import ContentTypeError, web
-from dask_gateway_server.auth import JupyterHubAuthenticator, unauthorized
+from dask_gateway_server.auth import JupyterHubAuthenticator, UserCache, unauthorized
 from dask_gateway_server.models import User
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 
+from .hub_servers import server_of_token
 from .usertext import one_line, quoted
 
 # Name of the gateway's JupyterHub service when neither config nor environment says.
@@ -45,6 +52,51 @@ def _refused(
         content_type="application/json",
         headers=headers,
     )
+
+
+class HubUser(User):
+    """A hub user as one token shows them: the server it belongs to, if any, and the
+    token's digest as the cache key (never the token itself)."""
+
+    def __init__(
+        self, name: str, groups=(), admin: bool = False, server: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(name, groups=groups, admin=admin)
+        self.jupyterhub_server = server
+        self.cache_key = name
+
+
+class TokenUserCache(UserCache):
+    """Upstream keeps one cookie per user name: every client of a user would go on as the
+    first token seen (its server, its access). Here each token gets its own cookie, and
+    expired entries are dropped as new ones come (tokens change with every server)."""
+
+    def get(self, cookie: str) -> User | None:
+        entry = self.cookie_to_user.get(cookie)
+        if entry is None:
+            return None
+        at, user = entry
+        if at + self.max_age < time.monotonic():
+            self._forget(cookie, user)
+            return None
+        return user
+
+    def put(self, user: User) -> str:
+        now = time.monotonic()
+        for cookie, (at, old) in list(self.cookie_to_user.items()):
+            if at + self.max_age < now:
+                self._forget(cookie, old)
+        key = getattr(user, "cache_key", user.name)
+        cookie = self.name_to_cookie.get(key)
+        if cookie is None:
+            cookie = uuid.uuid4().hex
+            self.name_to_cookie[key] = cookie
+            self.cookie_to_user[cookie] = (now, user)
+        return cookie
+
+    def _forget(self, cookie: str, user: User) -> None:
+        self.cookie_to_user.pop(cookie, None)
+        self.name_to_cookie.pop(getattr(user, "cache_key", user.name), None)
 
 
 class ElasticJupyterHubAuthenticator(JupyterHubAuthenticator):
@@ -91,6 +143,42 @@ class ElasticJupyterHubAuthenticator(JupyterHubAuthenticator):
         """,
         config=True,
     )
+
+    stop_clusters_with_server = Bool(
+        False,
+        help="""
+        Stop a cluster when the JupyterHub single-user server that created it stops
+        (stopped, culled, or started again). Only clusters created with a server's own
+        token ($JUPYTERHUB_API_TOKEN in the notebook) are tied to it, and not those created
+        with ``shutdown_on_close=False``. The gateway's service token needs the hub scopes
+        ``list:users`` and ``read:servers`` (docs/jupyterhub.md); without them, or while
+        the hub does not answer, no cluster is stopped.
+        """,
+        config=True,
+    )
+
+    server_check_period = Float(
+        30.0,
+        help="""
+        Seconds between two checks of which single-user servers run, for
+        ``stop_clusters_with_server``: one listing of the hub's active users per check,
+        only while some cluster is tied to a server.
+        """,
+        config=True,
+    )
+
+    @validate("server_check_period")
+    def _check_server_check_period(self, proposal: dict) -> float:
+        if not proposal["value"] > 0:
+            raise TraitError(
+                "ElasticJupyterHubAuthenticator.server_check_period: must be a number of "
+                f"seconds above 0, got {proposal['value']!r}"
+            )
+        return proposal["value"]
+
+    @default("cache")
+    def _default_cache(self) -> UserCache:
+        return TokenUserCache(max_age=self.cache_max_age)
 
     _warned_missing_groups = False
 
@@ -139,9 +227,11 @@ class ElasticJupyterHubAuthenticator(JupyterHubAuthenticator):
                 model = await resp.json()
             except (ContentTypeError, ValueError):
                 model = None
-        return self.user_from_model(model)
+        user = self.user_from_model(model)
+        user.cache_key = hashlib.sha256(token.encode()).hexdigest()
+        return user
 
-    def user_from_model(self, model: Any) -> User:
+    def user_from_model(self, model: Any) -> HubUser:
         """The gateway user for the hub's ``/hub/api/user`` reply (the token's owner)."""
         if not (
             isinstance(model, dict)
@@ -158,10 +248,11 @@ class ElasticJupyterHubAuthenticator(JupyterHubAuthenticator):
         # service never passes for a user of the same name.
         username = name if kind == "user" and ":" not in name else f"{kind}:{name}"
         self._check_service_access(username, model.get("scopes"))
-        return User(
+        return HubUser(
             username,
             groups=self._groups_of(username, kind, model),
             admin=model.get("admin") is True,
+            server=server_of_token(model) if self.stop_clusters_with_server else None,
         )
 
     def _check_service_access(self, username: str, scopes: Any) -> None:

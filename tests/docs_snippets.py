@@ -31,14 +31,32 @@ def config_blocks() -> list[tuple[str, str]]:
     ]
 
 
-def hub_config_block() -> str:
-    """docs/jupyterhub.md's JupyterHub configuration (the hub side), as written."""
-    (block,) = [
+def hub_config_blocks() -> list[str]:
+    """docs/jupyterhub.md's JupyterHub configuration blocks (the hub side), in order."""
+    return [
         code
         for code in python_blocks(REPO / "docs" / "jupyterhub.md")
         if code.startswith(HUB_CONFIG_MARK)
     ]
-    return block
+
+
+def hub_config_block() -> str:
+    """docs/jupyterhub.md's JupyterHub configuration (the hub side), as written."""
+    return hub_config_blocks()[0]
+
+
+SERVER_STOP_MARK = "stop_clusters_with_server"
+
+
+def server_stop_blocks() -> tuple[str, str]:
+    """docs/jupyterhub.md's hub and gateway blocks for ``stop_clusters_with_server``."""
+    (hub,) = [code for code in hub_config_blocks() if SERVER_STOP_MARK in code]
+    (gateway,) = [
+        code
+        for code in python_blocks(REPO / "docs" / "jupyterhub.md")
+        if not code.startswith(HUB_CONFIG_MARK) and SERVER_STOP_MARK in code
+    ]
+    return hub, gateway
 
 
 def jupyterhub_gateway_block() -> str:

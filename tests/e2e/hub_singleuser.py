@@ -7,12 +7,15 @@ from ``c.Spawner.server_token_scopes``), ``JUPYTERHUB_API_URL``,
 server's port at once (so the hub sees the server start), runs what an analyst's first
 cell does with ``ElasticGateway()``, and writes what it saw to
 ``$ELASTIC_TEST_RESULTS/<user>.json`` (no token in it). The hub stops it with SIGTERM.
+With ``$ELASTIC_TEST_KEEP_CLUSTER`` set it only creates a cluster and leaves it running
+(``keep_cluster``), for the tests of clusters that stop with their server.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import traceback
 import urllib.request
@@ -67,12 +70,40 @@ def notebook() -> dict:
     return seen
 
 
+KEPT: list = []  # the kept cluster's client objects, alive as long as the server
+
+
+def keep_cluster() -> dict:
+    """A cell that leaves its cluster running, and which server the hub says this
+    server's token belongs to (the ``access:servers!server=`` scopes of ``/hub/api/user``)."""
+    from client_ext import ElasticGateway
+
+    whoami = urllib.request.Request(
+        os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/user",
+        headers={"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}"},
+    )
+    with urllib.request.urlopen(whoami, timeout=30) as reply:
+        scopes = json.loads(reply.read())["scopes"]
+    gw = ElasticGateway()
+    cluster = gw.new_cluster()
+    KEPT.append((gw, cluster))
+    # The hub stops a server with SIGINT, then SIGTERM: exit at once, as a kernel killed
+    # with its pod does. A clean exit would let the client shut the cluster down itself
+    # (shutdown_on_close), and the gateway would have nothing left to do.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: os._exit(0))
+    return {
+        "cluster": cluster.name,
+        "server_scopes": [s for s in scopes if s.startswith("access:servers!server=")],
+    }
+
+
 def main() -> None:
     port = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"]).port
     server = ThreadingHTTPServer(("127.0.0.1", port), Alive)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        seen = notebook()
+        seen = keep_cluster() if os.environ.get("ELASTIC_TEST_KEEP_CLUSTER") else notebook()
     except Exception:
         seen = {"error": traceback.format_exc()}
     results = Path(os.environ["ELASTIC_TEST_RESULTS"])

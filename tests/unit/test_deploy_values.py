@@ -115,6 +115,24 @@ def test_jupyterhub_auth_uses_the_hub_url_and_token(default_values):
     assert c.Proxy.prefix == "/services/dask-gateway"
 
 
+def test_clusters_stop_with_their_hub_server_only_when_the_value_says_so():
+    c = configured(rendered_values(render(HUB)), {"JUPYTERHUB_API_TOKEN": "hub-token"})
+    assert c.ElasticJupyterHubAuthenticator.stop_clusters_with_server is False
+    hub = copy.deepcopy(HUB)
+    hub["gateway"]["auth"]["jupyterhub"]["stopClustersWithServer"] = True
+    c = configured(rendered_values(render(hub)), {"JUPYTERHUB_API_TOKEN": "hub-token"})
+    assert c.ElasticJupyterHubAuthenticator.stop_clusters_with_server is True
+
+
+def test_a_stop_clusters_with_server_that_is_not_a_boolean_is_refused_naming_the_key():
+    values = rendered_values(render(HUB))
+    values["gateway"]["auth"]["jupyterhub"]["stopClustersWithServer"] = "yes"
+    with pytest.raises(
+        ValueError, match=r"gateway\.auth\.jupyterhub\.stopClustersWithServer: must"
+    ):
+        configured(values, {"JUPYTERHUB_API_TOKEN": "t"})
+
+
 def test_jupyterhub_auth_without_a_token_is_refused():
     with pytest.raises(ValueError, match=r"gateway\.auth\.jupyterhub: JUPYTERHUB_API_TOKEN"):
         configured(rendered_values(render(HUB)), {})

@@ -74,3 +74,18 @@ def test_the_chart_values_render_a_gateway_behind_the_hub():
     assert config.ElasticJupyterHubAuthenticator.jupyterhub_api_url == auth["apiUrl"]
     assert config.ElasticJupyterHubAuthenticator.jupyterhub_service_name == auth["serviceName"]
     assert config.Proxy.prefix == values["jupyterhub"]["prefix"]
+
+
+def test_the_gateway_servers_role_is_the_same():
+    """stop_clusters_with_server: the z2jh role is the hub block's role, scope by scope."""
+    from ..docs_snippets import server_stop_blocks
+
+    hub_block, _ = server_stop_blocks()
+    config = Config()
+    config.JupyterHub.load_roles = []
+    exec(compile(hub_block, "jupyterhub.md", "exec"), {"c": config})
+    (role,) = config.JupyterHub.load_roles
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)]
+    (values,) = [b for b in blocks if role["name"] in b.get("hub", {}).get("loadRoles", {})]
+    z2jh_role = values["hub"]["loadRoles"][role["name"]]
+    assert (z2jh_role["services"], z2jh_role["scopes"]) == (role["services"], role["scopes"])
