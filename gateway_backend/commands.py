@@ -29,15 +29,16 @@ def scheduler_checks_source() -> str:
 
 @cache
 def scheduler_preload_sources() -> tuple[str, ...]:
-    """The texts of our scheduler preloads: reachability, client presence, versions, and
-    the tasks of lost workers.
+    """The texts of our scheduler preloads: the link to the gateway they share,
+    reachability, client presence, versions, and the tasks of lost workers.
 
     Texts, not module names: the scheduler runs in the cluster's environment,
     where this package may not be installed.
     """
-    from . import scheduler_presence, scheduler_versions, worker_loss_preload
+    from . import scheduler_link, scheduler_presence, scheduler_versions, worker_loss_preload
 
     return (
+        inspect.getsource(scheduler_link),  # first: the others' line to the gateway
         scheduler_checks_source(),
         inspect.getsource(scheduler_presence),
         inspect.getsource(scheduler_versions),

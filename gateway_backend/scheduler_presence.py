@@ -18,7 +18,6 @@ it may import only distributed, tornado and the standard library.
 """
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -144,44 +143,10 @@ class ClientPresence(SchedulerPlugin):
                 task.cancel()
 
 
-class GatewayLink:
-    """The cluster's own calls to the gateway API, with its token (as the heartbeat's)."""
-
-    def __init__(self, api_url, name, token):
-        self.api_url = api_url
-        self.name = name
-        self.token = token
-
-    async def _fetch(self, url, method, body=None):
-        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
-        headers = {"Authorization": f"token {self.token}", "Content-Type": "application/json"}
-        await AsyncHTTPClient().fetch(
-            HTTPRequest(url, method=method, headers=headers, body=body, request_timeout=10)
-        )
-
-    async def report(self, finding):
-        url = f"{self.api_url}/elastic/v1/clusters/{self.name}/events"
-        await self._fetch(url, "POST", json.dumps(finding))
-
-    async def stop(self, reason):
-        # The route dask-gateway's idle timeout uses; ``reason`` picks the gateway's text.
-        await self._fetch(f"{self.api_url}/v1/clusters/{self.name}?reason={reason}", "DELETE")
-
-
-def _link_from_env():
-    token = os.environ["DASK_GATEWAY_API_TOKEN"]
-    if "/" in token:  # a file (Kubernetes mounts it)
-        with open(token) as f:
-            token = f.read().strip()
-    return GatewayLink(
-        os.environ["DASK_GATEWAY_API_URL"], os.environ["DASK_GATEWAY_CLUSTER_NAME"], token
-    )
-
-
 def dask_setup(scheduler):
     timeout = float(os.environ.get("ELASTIC_GATEWAY_NO_CLIENT_TIMEOUT", "0"))
     detached = float(os.environ.get("ELASTIC_GATEWAY_DETACHED_NO_CLIENT_TIMEOUT", "0"))
-    plugin = ClientPresence(scheduler, NoClientTimer(timeout, detached), _link_from_env())
+    link = scheduler.extensions["elastic-gateway"]  # scheduler_link, the first preload
+    plugin = ClientPresence(scheduler, NoClientTimer(timeout, detached), link)
     scheduler.handlers["elastic_gateway_detach"] = plugin.detach
     scheduler.add_plugin(plugin)

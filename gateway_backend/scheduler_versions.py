@@ -20,7 +20,6 @@ it may import only distributed, tornado and the standard library.
 """
 
 import asyncio
-import json
 import logging
 import os
 
@@ -156,32 +155,9 @@ def answer_clients_with(check: VersionCheck) -> None:
     versions_module.error_message = error_message
 
 
-def _reporter():
-    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
-    api_url = os.environ["DASK_GATEWAY_API_URL"]
-    name = os.environ["DASK_GATEWAY_CLUSTER_NAME"]
-    token = os.environ["DASK_GATEWAY_API_TOKEN"]
-    if "/" in token:  # a file (Kubernetes mounts it)
-        with open(token) as f:
-            token = f.read().strip()
-
-    async def report(finding):
-        await AsyncHTTPClient().fetch(
-            HTTPRequest(
-                f"{api_url}/elastic/v1/clusters/{name}/events",
-                method="POST",
-                headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
-                body=json.dumps(finding),
-                request_timeout=10,
-            )
-        )
-
-    return report
-
-
 def dask_setup(scheduler):
     mode = os.environ.get("ELASTIC_GATEWAY_VERSION_MISMATCH", "warn")
-    check = VersionCheck(scheduler, mode, _reporter(), versions_module.get_versions())
+    link = scheduler.extensions["elastic-gateway"]  # scheduler_link, the first preload
+    check = VersionCheck(scheduler, mode, link.report, versions_module.get_versions())
     answer_clients_with(check)
     scheduler.add_plugin(check)

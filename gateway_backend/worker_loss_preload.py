@@ -12,9 +12,7 @@ may import only distributed, tornado and the standard library.
 """
 
 import asyncio
-import json
 import logging
-import os
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
@@ -75,30 +73,6 @@ class WorkerLoss(SchedulerPlugin):
             task.cancel()
 
 
-def _gateway_reporter():
-    """POST a finding to the gateway API with the cluster's token (as the heartbeat does)."""
-    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
-    api_url = os.environ["DASK_GATEWAY_API_URL"]
-    name = os.environ["DASK_GATEWAY_CLUSTER_NAME"]
-    token = os.environ["DASK_GATEWAY_API_TOKEN"]
-    if "/" in token:  # a file (Kubernetes mounts it)
-        with open(token) as f:
-            token = f.read().strip()
-
-    async def report(finding):
-        await AsyncHTTPClient().fetch(
-            HTTPRequest(
-                f"{api_url}/elastic/v1/clusters/{name}/events",
-                method="POST",
-                headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
-                body=json.dumps(finding),
-                request_timeout=10,
-            )
-        )
-
-    return report
-
-
 def dask_setup(scheduler):
-    scheduler.add_plugin(WorkerLoss(scheduler, _gateway_reporter()))
+    link = scheduler.extensions["elastic-gateway"]  # scheduler_link, the first preload
+    scheduler.add_plugin(WorkerLoss(scheduler, link.report))
