@@ -397,6 +397,9 @@ class ElasticBackend(
         cluster = worker.cluster
         if worker.target == JobStatus.FAILED and cluster.target == JobStatus.RUNNING:
             check = self.worker_conditions.get(worker.name)
+            if check is not None and check.phase == Phase.FAILED:  # a heartbeat's check found it
+                pool = self._pool_name_of(worker)
+                self.fates.record(cluster.name, worker.name, pool, check.reason)
             why = why_lost(worker, check, cluster.state.get("last_worker_failure", ""))
             loss = self._budget.lost(cluster.name, **why)
             if loss.message:

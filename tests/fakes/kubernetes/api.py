@@ -13,10 +13,12 @@ from typing import Any
 from tests.k8s.kubeclient import Kube, KubeError
 
 log = logging.getLogger("kubelet")
-#: Every pod shares the host network, and the Node's address is this too.
 # Pods share one network: the host's (127.0.0.1), or a namespace of a networking test,
 # whose address the harness passes here (its pods then run in that namespace).
 LOCAL_IP = os.environ.get("PROCESS_KUBELET_POD_IP", "127.0.0.1")
+#: The Node's own address (its InternalIP, pods' hostIP, where the kubelet serves logs):
+#: the host's, also when the pods run in a network namespace.
+NODE_IP = "127.0.0.1"
 POD_NETNS = os.environ.get("PROCESS_KUBELET_POD_NETNS", "")
 TERMINAL = ("Succeeded", "Failed")
 MERGE = "application/merge-patch+json"

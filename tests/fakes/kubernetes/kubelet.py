@@ -22,7 +22,7 @@ from typing import Any
 
 from tests.k8s.kubeclient import Kube
 
-from .api import LOCAL_IP, MERGE, TERMINAL, informer, micro_now, now, retry
+from .api import MERGE, NODE_IP, TERMINAL, informer, micro_now, now, retry
 from .pod_runner import PodRunner, kill_group
 from .scheduler import Scheduler
 from .status import StatusReporter
@@ -115,7 +115,7 @@ class Kubelet:
             ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "addresses": [
-                {"type": "InternalIP", "address": LOCAL_IP},
+                {"type": "InternalIP", "address": NODE_IP},
                 {"type": "Hostname", "address": self.node_name},
             ],
             "nodeInfo": {

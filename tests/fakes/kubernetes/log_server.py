@@ -24,14 +24,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .api import LOCAL_IP
+from .api import NODE_IP
 from .pod_runner import PodRunner
 
 log = logging.getLogger("kubelet.logs")
 
 
 def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    """A serving certificate for ``LOCAL_IP`` and ``name``; key file mode 0600."""
+    """A serving certificate for ``NODE_IP`` and ``name``; key file mode 0600."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
@@ -45,7 +45,7 @@ def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
         .not_valid_after(start + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(LOCAL_IP))]
+                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(NODE_IP))]
             ),
             critical=False,
         )
@@ -85,7 +85,7 @@ class LogServer:
         app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self.container_logs)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, LOCAL_IP, 0, ssl_context=context)
+        site = web.TCPSite(self._runner, NODE_IP, 0, ssl_context=context)
         await site.start()
         return site._server.sockets[0].getsockname()[1]
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from tests.k8s.kubeclient import Kube, KubeError
 
 from . import projected
-from .api import LOCAL_IP, POD_NETNS, now
+from .api import LOCAL_IP, NODE_IP, POD_NETNS, now
 
 log = logging.getLogger("kubelet")
 
@@ -203,7 +203,7 @@ class PodRunner:
             "spec.nodeName": spec.get("nodeName", ""),
             "spec.serviceAccountName": spec.get("serviceAccountName", ""),
             "status.podIP": LOCAL_IP,
-            "status.hostIP": LOCAL_IP,
+            "status.hostIP": NODE_IP,
         }
         env: dict[str, str] = {}
         for e in c.get("env") or []:

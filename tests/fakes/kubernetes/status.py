@@ -17,7 +17,7 @@ from typing import Any
 
 from tests.k8s.kubeclient import Kube, KubeError
 
-from .api import LOCAL_IP, MERGE, TERMINAL, now
+from .api import LOCAL_IP, MERGE, NODE_IP, TERMINAL, now
 from .pod_runner import PodRunner
 
 log = logging.getLogger("kubelet")
@@ -84,8 +84,8 @@ def pod_status(runner: PodRunner) -> dict[str, Any]:
     done_reason = "PodCompleted" if phase in TERMINAL else "ContainersNotReady"
     status = {
         "phase": phase,
-        "hostIP": LOCAL_IP,
-        "hostIPs": [{"ip": LOCAL_IP}],
+        "hostIP": NODE_IP,
+        "hostIPs": [{"ip": NODE_IP}],
         "podIP": LOCAL_IP,
         "podIPs": [{"ip": LOCAL_IP}],
         "startTime": runner.start_time,
