@@ -75,6 +75,24 @@ def _process_alive(state: dict[str, Any]) -> bool:
         return False
 
 
+def _group_alive(pgid: int) -> bool:
+    """True while a live member of process group ``pgid`` runs: a Nanny's forked worker may
+    outlive its Nanny (the group's leader) by moments, holding the worker's resources."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # members of another account (run_as): look at them below
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
 class LocalLauncher(LocalSettings, LocalLogs, Launcher):
     """Runs schedulers and workers as subprocesses of the gateway's machine."""
 
@@ -254,7 +272,8 @@ class LocalLauncher(LocalSettings, LocalLogs, Launcher):
         while alive and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
             self._reap()
-            alive = [s for s in alive if _process_alive(s)]
+            # Stopped once every process of the group has: only then are its resources free.
+            alive = [s for s in alive if _process_alive(s) or _group_alive(s["pid"])]
         for state in alive:
             self.log.warning("Process %d ignored SIGTERM, killing it", state["pid"])
             _signal_group(state["pid"], signal.SIGKILL)
