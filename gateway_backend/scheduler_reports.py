@@ -8,29 +8,16 @@ report that does not fit is refused with what was expected.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .launchers.exit_reasons import MEMORY_ADVICE, MEMORY_KILLED
+from .scheduler_versions import ADVICE, CHECKED
 from .usertext import one_line, quoted
 
-# The packages ``scheduler_versions`` compares; nothing else is accepted.
-CHECKED_PACKAGES = ("python", "dask", "distributed", "cloudpickle", "msgpack")
-VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}")
-
-ADVICE = {
-    "client": (
-        "pick the profile whose environment matches your notebook (gateway.profiles() "
-        "lists them), or install the scheduler's versions in your notebook's environment"
-    ),
-    "worker": (
-        "the workers' environment differs from the scheduler's: ask the administrators "
-        "to fix the profile's image or Python environment, or pick another profile"
-    ),
-}
+# The packages ``scheduler_versions`` compares (its advice is the events' too); no others.
+CHECKED_PACKAGES = CHECKED
 
 
 class BadReport(ValueError):

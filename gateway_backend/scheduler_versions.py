@@ -31,7 +31,7 @@ logger = logging.getLogger("elastic_gateway.versions")
 # What must agree for pickled graphs, tasks and results to travel (Python: minor version).
 CHECKED = ("python", "dask", "distributed", "cloudpickle", "msgpack")
 
-# The same words as the gateway's events (``scheduler_reports.ADVICE``).
+# Also the words of the gateway's events (``scheduler_reports`` imports them).
 ADVICE = {
     "client": (
         "pick the profile whose environment matches your notebook (gateway.profiles() "

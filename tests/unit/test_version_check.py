@@ -7,7 +7,7 @@ import inspect
 import distributed.versions
 import pytest
 
-from gateway_backend import scheduler_presence, scheduler_reports, scheduler_versions
+from gateway_backend import scheduler_presence, scheduler_versions
 from gateway_backend.commands import scheduler_preload_sources
 from gateway_backend.scheduler_reports import (
     BadReport,
@@ -82,11 +82,6 @@ def test_the_scheduler_answers_clients_with_our_message_and_workers_with_distrib
     assert to_client["error"].startswith("Version mismatch (dask 2025.1.0 on the client")
     to_worker = distributed.versions.error_message(versions(), {}, odd, source_name="w1")
     assert to_worker["error"] == "" and "Mismatched versions found" in to_worker["warning"]
-
-
-def test_the_preloads_and_the_gateway_give_the_same_advice():
-    assert scheduler_versions.ADVICE == scheduler_reports.ADVICE
-    assert scheduler_versions.CHECKED == scheduler_reports.CHECKED_PACKAGES
 
 
 @pytest.mark.parametrize("module", [scheduler_presence, scheduler_versions])
