@@ -8,6 +8,7 @@ report that does not fit is refused with what was expected.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from .usertext import one_line, quoted
 
 # The packages ``scheduler_versions`` compares (its advice is the events' too); no others.
 CHECKED_PACKAGES = CHECKED
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}")
 
 
 class BadReport(ValueError):
