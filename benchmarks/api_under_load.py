@@ -284,8 +284,31 @@ def main() -> int:
         "inherit it) to 19: on a small machine they no longer take the gateway's CPU, as "
         "schedulers on other nodes would not",
     )
+    parser.add_argument(
+        "--tick-intervals",
+        default="0,0.5",
+        help="ElasticClusterConfig.tick_interval of each run, side by side (0: distributed's "
+        "20 ms; 0.5: the default)",
+    )
     args = parser.parse_args()
     levels = [int(s) for s in args.levels.split(",")]
+    runs = {}
+    for tick in [float(t) for t in args.tick_intervals.split(",")]:
+        print(f"--- cluster processes ticking every {tick_label(tick)}", flush=True)
+        runs[tick] = run_levels(args, levels, tick)
+    for tick, rows in runs.items():
+        report(args, rows, tick)
+    if len(runs) > 1:
+        compare(runs)
+    return 0
+
+
+def tick_label(tick: float) -> str:
+    return f"{tick:g} s" if tick else "20 ms (distributed's default)"
+
+
+def run_levels(args: argparse.Namespace, levels: list[int], tick: float) -> list[tuple]:
+    """One gateway, its clusters ticking every ``tick``, through every level; a row per level."""
     root = Path(tempfile.mkdtemp(prefix="eg-load-bench-"))
     gw = None
     rows = []
@@ -301,6 +324,7 @@ def main() -> int:
                     socket=str(factory().socket_path),
                     staging=str(root / "staging"),
                 )
+                + f"c.ElasticClusterConfig.tick_interval = {tick!r}\n"
             )
             gw = GatewayProcess(root / "gateway", config_file=cfg).start()
             password = gw.client_credentials()["password"]
@@ -351,10 +375,15 @@ def main() -> int:
                 print("\n".join(["slow callbacks:", *slow[-40:]]))
         shutil.rmtree(root, ignore_errors=True)
 
+    return rows
+
+
+def report(args: argparse.Namespace, rows: list[tuple], tick: float) -> None:
     niced = ", cluster processes at nice 19" if args.nice_clusters else ""
     print(
         f"\nAPI under load: {args.users} users on loopback through the proxy, mean think time "
-        f"{args.think:g} s, {args.seconds:g} s per level, {os.cpu_count()} cores{niced}"
+        f"{args.think:g} s, {args.seconds:g} s per level, {os.cpu_count()} cores{niced}; "
+        f"cluster processes tick every {tick_label(tick)}"
     )
     kinds = ["list", "get", "details", "scale", "quota", "create", "stop"]
     print(
@@ -386,7 +415,22 @@ def main() -> int:
             f"{(p99_all(last) - p99_all(first)) / span * 1e3:+.3f} ms, loop lag p99 "
             f"{(pct(last[2], 99) - pct(first[2], 99)) / span * 1e3:+.3f} ms"
         )
-    return 0
+
+
+def compare(runs: dict[float, list[tuple]]) -> None:
+    """Ratios of each run to the first, level by level (same workload, one run after the other)."""
+    (base_tick, base), *others = runs.items()
+    for tick, rows in others:
+        print(f"\nticks every {tick_label(tick)} / every {tick_label(base_tick)}:")
+        print(f"{'live':>5}{'API p99':>9}{'lag p99':>9}{'machine busy':>14}{'req/s':>7}")
+        for old, new in zip(base, rows, strict=True):
+            old_all = [t for v in old[1].values() for t in v]
+            new_all = [t for v in new[1].values() for t in v]
+            print(
+                f"{new[0]:>5}{pct(new_all, 99) / pct(old_all, 99):>9.2f}"
+                f"{pct(new[2], 99) / pct(old[2], 99):>9.2f}{new[6] / old[6]:>14.2f}"
+                f"{len(new_all) / len(old_all):>7.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -135,6 +135,9 @@ def _common_env(cluster: Cluster) -> dict[str, str]:
     env = {k: str(v) for k, v in dict(cluster.config.environment).items()}
     env["DASK_GATEWAY_CLUSTER_NAME"] = cluster.name
     env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
+    tick = getattr(cluster.config, "tick_interval", 0)  # 0 in records made before it existed
+    if tick:
+        env.setdefault("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", f"{tick}s")
     return env
 
 

@@ -32,3 +32,23 @@ def test_worker_environment_carries_no_api_token():
     assert "secret-token" not in env.values()
     assert env["DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY"] == "dask.pem"
     assert env["EXTRA"] == "1"
+
+
+def test_cluster_processes_tick_at_the_configured_interval():
+    cluster = fake_cluster()
+    cluster.config.tick_interval = 0.5
+    env = worker_env(cluster, cert_path="dask.crt", key_path="dask.pem")
+    assert env["DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"] == "0.5s"
+
+
+def test_a_tick_interval_in_the_clusters_environment_wins():
+    cluster = fake_cluster()
+    cluster.config.tick_interval = 0.5
+    cluster.config.environment["DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"] = "50ms"
+    env = worker_env(cluster, cert_path="dask.crt", key_path="dask.pem")
+    assert env["DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"] == "50ms"
+
+
+def test_records_made_before_tick_interval_keep_distributeds_default():
+    env = worker_env(fake_cluster(), cert_path="dask.crt", key_path="dask.pem")
+    assert "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL" not in env
