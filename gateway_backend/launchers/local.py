@@ -49,6 +49,7 @@ from .local_isolation import (
     resolve_account,
 )
 from .local_logs import LocalLogs
+from .local_processes import group_alive, process_alive, signal_group
 from .local_settings import LocalSettings
 from .staging import write_credentials
 
@@ -59,38 +60,6 @@ if TYPE_CHECKING:
 # Variables the fork server's preloaded libraries read when imported: a cluster setting
 # them needs a fresh interpreter (e.g. a site CA for aiohttp, fsspec, uproot over https).
 IMPORT_TIME_VARIABLES = frozenset({"SSL_CERT_FILE", "SSL_CERT_DIR"})
-
-
-def _process_alive(state: dict[str, Any]) -> bool:
-    """True if the process recorded in ``state`` still runs (pid reuse is ruled out)."""
-    pid = state.get("pid")
-    if pid is None:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - state.get("create_time", 0)) > 0.05:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a live member of process group ``pgid`` runs: a Nanny's forked worker may
-    outlive its Nanny (the group's leader) by moments, holding the worker's resources."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # members of another account (run_as): look at them below
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
-                return True
-        except (OSError, psutil.Error):
-            continue
-    return False
 
 
 class LocalLauncher(LocalSettings, LocalLogs, Launcher):
@@ -265,18 +234,18 @@ class LocalLauncher(LocalSettings, LocalLogs, Launcher):
 
     async def _terminate(self, states: Sequence[dict[str, Any]]) -> None:
         """SIGTERM a set of process groups, then SIGKILL whatever outlives the grace period."""
-        alive = [s for s in states if _process_alive(s)]
+        alive = [s for s in states if process_alive(s)]
         for state in alive:
-            _signal_group(state["pid"], signal.SIGTERM)
+            signal_group(state["pid"], signal.SIGTERM)
         deadline = asyncio.get_running_loop().time() + self.stop_grace_period
         while alive and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
             self._reap()
             # Stopped once every process of the group has: only then are its resources free.
-            alive = [s for s in alive if _process_alive(s) or _group_alive(s["pid"])]
+            alive = [s for s in alive if process_alive(s) or group_alive(s["pid"])]
         for state in alive:
             self.log.warning("Process %d ignored SIGTERM, killing it", state["pid"])
-            _signal_group(state["pid"], signal.SIGKILL)
+            signal_group(state["pid"], signal.SIGKILL)
         await asyncio.sleep(0)
         self._reap()
 
@@ -291,7 +260,7 @@ class LocalLauncher(LocalSettings, LocalLogs, Launcher):
                 (c, w): s for c, w, lead, s in find_processes(self.work_directory) if lead
             }
         state = self._found.pop((cluster.name, worker), None)
-        if state is None or not _process_alive(state):
+        if state is None or not process_alive(state):
             return None
         if state.pop("uid") != (account.uid if account else os.geteuid()):
             return None
@@ -332,7 +301,7 @@ class LocalLauncher(LocalSettings, LocalLogs, Launcher):
 
     def _check_scheduler(self, cluster: Cluster) -> Check:
         state = cluster.state
-        if _process_alive(state):
+        if process_alive(state):
             return Check(Phase.RUNNING)
         if "pid" not in state:
             return Check(Phase.FAILED, "no scheduler process was recorded")
@@ -459,7 +428,7 @@ class LocalLauncher(LocalSettings, LocalLogs, Launcher):
         self._reap()
         out = []
         for w in workers:
-            if _process_alive(w.state):
+            if process_alive(w.state):
                 if w.state.get("gpus"):
                     self.gpus.remember(w.name, w.state)
                 out.append(Check(Phase.RUNNING))
@@ -498,12 +467,3 @@ class LocalLauncher(LocalSettings, LocalLogs, Launcher):
             )
             await self._terminate(stray)
         return len(stray)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        os.kill(pid, sig)
