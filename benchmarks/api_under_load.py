@@ -106,7 +106,7 @@ def probed(backend_path: str, lag_file: str) -> type:
             if os.environ.get("EG_BENCH_PROFILE"):  # where the gateway's CPU goes
                 import cProfile
 
-                profiler = cProfile.Profile()
+                profiler = cProfile.Profile(time.thread_time)  # CPU, not waits for one
                 profiler.enable()
 
                 async def dump() -> None:

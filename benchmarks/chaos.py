@@ -9,6 +9,8 @@ it, waits until the invariants hold (the recovery time) and records any that do 
   gateway-kill     SIGKILL of the gateway and its proxy, restart on the same state dir
   gateway-pause    SIGSTOP of the gateway for 2-6 s (a stalled process), then SIGCONT
   schedd-pause     SIGSTOP of the schedd stand-in for 2-8 s, then SIGCONT
+  network-stall    every packet to the gateway's port (its proxy: the API, and the
+                   scheduler connections routed through it) dropped for 2-8 s, loopback only
   disk-full        the state directory's file system (a 64 MB tmpfs) filled to the last
                    byte while a request writes; the gateway must stop, naming the file
   db-corrupt       gateway killed, its database emptied or damaged: the next start must
@@ -24,7 +26,7 @@ in tests/e2e/test_kubernetes.py and tests/e2e/test_slurm*.py, not here.
     python benchmarks/chaos.py [--faults 100] [--seed S] [--max-minutes 90] [--json out.json]
                                [--kinds gateway-kill,disk-full,...] [--keep]
 
-Needs root (the tmpfs); loopback only. Prints its seed: rerun with --seed to replay the
+Needs root (the tmpfs, iptables); loopback only. Prints its seed: rerun with --seed to replay the
 same faults and workload choices (timings of course vary); --kinds draws from some kinds
 only, --keep keeps the run's directory with the gateway's and the stand-in's logs. Exits 1
 when any invariant was broken. Results: docs/reliability.md.
@@ -51,7 +53,15 @@ from benchmarks.chaos_load import Workload
 from gateway_backend.embedded import GatewayProcess
 from tests.fakes.schedd import start_standin
 
-KINDS = ("gateway-kill", "gateway-pause", "schedd-pause", "disk-full", "db-corrupt", "db-locked")
+KINDS = (
+    "gateway-kill",
+    "gateway-pause",
+    "schedd-pause",
+    "network-stall",
+    "disk-full",
+    "db-corrupt",
+    "db-locked",
+)
 SETTLE_TIMEOUT = 120.0  # a fault not recovered from by then is a violation
 REFUSAL_BOUND = 30.0  # a refused start must say why within this
 
@@ -131,6 +141,10 @@ class Chaos:
                 time.sleep(self.rng.uniform(2, 8))
             finally:
                 world.resume(daemon.pid)
+        elif kind == "network-stall":
+            with world.stalled_port(self.gateway.port):
+                self.load.during_fault(kind, timeout=3)
+                time.sleep(self.rng.uniform(2, 8))
         elif kind == "disk-full":
             note.update(self.disk_full())
         elif kind == "db-corrupt":

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,6 +308,19 @@ def fill(directory: Path) -> Path:
             while True:
                 f.write(b"\0" * 512)
     return filler
+
+
+@contextlib.contextmanager
+def stalled_port(port: int) -> Iterator[None]:
+    """Every TCP packet to ``127.0.0.1:port`` dropped (loopback only) while inside: connections
+    through it stall, none is refused or reset. Needs root (iptables)."""
+    rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port)]
+    rule += ["-m", "comment", "--comment", f"elastic-gateway-chaos-{os.getpid()}", "-j", "DROP"]
+    subprocess.run(["iptables", "-w", "-I", *rule], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-w", "-D", *rule], check=False, capture_output=True)
 
 
 def pause(pid: int) -> None:
