@@ -19,7 +19,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from base64 import b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from gateway_backend.embedded import GatewayProcess  # noqa: E402
 from gateway_backend.launchers.local_isolation import find_processes  # noqa: E402
+from tests.conftest import http  # noqa: E402
 from tests.fakes.schedd import leftover_job_pids  # noqa: E402
 
 STOPPED = 5  # dask-gateway's JobStatus: CREATED 1, SUBMITTED 2, RUNNING 3, CLOSING 4, ...
@@ -223,24 +223,7 @@ class Api:
         self, method: str, path: str, user: str, body: dict | None = None, timeout: float = 20
     ) -> tuple[int, dict]:
         """(status, JSON body); raises OSError/TimeoutError when no answer came."""
-        password = self.gateway.client_credentials()["password"]
-        token = b64encode(f"{user}:{password}".encode()).decode()
-        req = urllib.request.Request(
-            self.gateway.address + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else {}
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return err.code, json.loads(raw)
-            except ValueError:
-                return err.code, {"error": raw.decode(errors="replace")}
+        return http(self.gateway, method, path, body, username=user, timeout=timeout)
 
     def usage(self) -> dict[str, Any] | None:
         try:

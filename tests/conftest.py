@@ -138,8 +138,10 @@ def http(
     path: str,
     body: dict | None = None,
     username: str | None = None,
+    timeout: float = 30,
 ) -> tuple[int, dict]:
-    """A raw authenticated API call, for checking status codes and messages exactly."""
+    """A raw authenticated API call, for checking status codes and messages exactly;
+    raises OSError (TimeoutError included) when no answer came within ``timeout``."""
     creds = gateway.client_credentials()
     token = b64encode(f"{username or creds['username']}:{creds['password']}".encode()).decode()
     req = urllib.request.Request(
@@ -149,7 +151,7 @@ def http(
         headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
             return resp.status, json.loads(raw) if raw else {}
     except urllib.error.HTTPError as err:
