@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,18 +47,85 @@ def killpg(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+JOBSTARTER = Path(__file__).with_name("jobstarter.py")
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """A live process's start time (clock ticks since boot), None when gone or a zombie.
+
+    A pid alone could name a newer process that reused it; the pair (pid, start) cannot.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
 @dataclass
 class Run:
-    """One execution of a job: its process (group), scratch dir, slot and open stdio files."""
+    """One execution of a job: its starter process (group), scratch dir, slot, stdio files.
 
-    process: subprocess.Popen[bytes]
+    ``process`` is None for a run adopted by a restarted daemon (no longer its child): then
+    the starter is watched through /proc, and its exit file says how the job ended.
+    """
+
+    pid: int
+    start_ticks: int
     scratch: Path
+    exit_file: Path
     slot: int
     files: list[IO[bytes]]
+    process: subprocess.Popen[bytes] | None = None
+    returncode: int | None = None
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal the job's whole process group."""
-        killpg(self.process.pid, sig)
+        killpg(self.pid, sig)
+
+    def poll(self) -> int | None:
+        """The job's wait status (negative: killed by that signal) once it ended, else None."""
+        if self.returncode is not None:
+            return self.returncode
+        if self.process is not None:
+            starter_status = self.process.poll()
+        else:
+            gone = not self.starter_alive()
+            starter_status = -signal.SIGKILL if gone else None
+        if starter_status is None:
+            return None
+        try:
+            self.returncode = int(json.loads(self.exit_file.read_text())["returncode"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.returncode = starter_status  # killed before it could record the job's end
+        return self.returncode
+
+    def record(self) -> dict[str, Any]:
+        """What the job queue log keeps, to find this run again after a restart."""
+        return {
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "scratch": str(self.scratch),
+            "exit_file": str(self.exit_file),
+            "slot": self.slot,
+        }
+
+    def starter_alive(self) -> bool:
+        """Whether this run's starter process still runs (the same process, not a reused pid)."""
+        return process_start_ticks(self.pid) == self.start_ticks
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Run:
+        """The run a job queue log record names (a restarted daemon adopts it, not a child)."""
+        return cls(
+            pid=int(record["pid"]),
+            start_ticks=int(record["start_ticks"]),
+            scratch=Path(record["scratch"]),
+            exit_file=Path(record["exit_file"]),
+            slot=int(record["slot"]),
+            files=[],
+        )
 
 
 class Starter:
@@ -90,6 +160,7 @@ class Starter:
             stdout = self._open(ad, "Out", iwd, "wb", 7, host, files)
             same = str_attr(ad, "Err") == str_attr(ad, "Out") and stdout is not None
             stderr = stdout if same else self._open(ad, "Err", iwd, "wb", 7, host, files)
+            stdio = (stdin, stdout, stderr)
             now = int(time.time())
             running = {
                 "JobStatus": RUNNING,
@@ -104,34 +175,74 @@ class Starter:
             job_ad_text = self._job_ad_text(ad, running)
             (scratch / ".job.ad").write_text(job_ad_text)
             (scratch / ".machine.ad").write_text(self._machine_ad(host, slot).printOld())
-            try:
-                process = subprocess.Popen(
-                    argv,
-                    cwd=scratch if transfer else iwd,
-                    env=env,
-                    stdin=stdin or subprocess.DEVNULL,
-                    stdout=stdout or subprocess.DEVNULL,
-                    stderr=stderr or subprocess.DEVNULL,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
+            exit_file = self.cfg.workdir / "spool" / f"exit_{cluster}.{proc}_{starts + 1}"
+            exit_file.parent.mkdir(parents=True, exist_ok=True)
+            exit_file.unlink(missing_ok=True)
+            process, error = self._spawn(
+                argv, exit_file, cwd=scratch if transfer else iwd, env=env, stdio=stdio
+            )
+            if error is not None:
                 args = " ".join(argv[1:])
                 with_args = f" with arguments {args}" if args else ""
                 cmd = str_attr(ad, "Cmd")
+                code, text = error
                 raise StartFailure(
                     6,
-                    exc.errno or 0,
+                    code,
                     f"Error from {host}: Failed to execute '{cmd}'{with_args}: "
-                    f"(errno={exc.errno}: '{exc.strerror}')",
-                ) from exc
+                    f"(errno={code}: '{text}')",
+                )
         except StartFailure:
             for f in files:
                 f.close()
             if not self.cfg.keep_scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return Run(process=process, scratch=scratch, slot=slot, files=files), running
+        ticks = process_start_ticks(process.pid)
+        run = Run(process.pid, ticks or 0, scratch, exit_file, slot, files, process=process)
+        return run, running
+
+    def _spawn(
+        self, argv: list[str], exit_file: Path, cwd: Path, env: dict[str, str], stdio: tuple
+    ) -> tuple[subprocess.Popen[bytes], tuple[int, str] | None]:
+        """Start the job under its own starter process (``jobstarter.py``), in a new session.
+
+        The starter is what outlives a SIGKILLed daemon; its report says whether the exec
+        worked, as (errno, strerror) when it did not.
+        """
+        read_end, write_end = os.pipe()
+        try:
+            starter = [sys.executable, "-I", "-S", str(JOBSTARTER), str(write_end), str(exit_file)]
+            process = subprocess.Popen(
+                [*starter, "--", *argv],
+                cwd=cwd,
+                env=env,
+                stdin=stdio[0] or subprocess.DEVNULL,
+                stdout=stdio[1] or subprocess.DEVNULL,
+                stderr=stdio[2] or subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(write_end,),
+            )
+        finally:
+            os.close(write_end)
+        try:
+            report = b""
+            while select.select([read_end], [], [], 10.0)[0]:
+                chunk = os.read(read_end, 4096)
+                if not chunk:
+                    break
+                report += chunk
+        finally:
+            os.close(read_end)
+        if report == b"ok":
+            return process, None
+        process.wait(timeout=10)
+        try:
+            failure = json.loads(report)
+            return process, (int(failure["errno"] or 0), str(failure["strerror"]))
+        except (ValueError, KeyError, TypeError):
+            return process, (0, f"the starter failed ({process.returncode})")
 
     def _transfer_inputs(self, ad: classad2.ClassAd, iwd: Path, scratch: Path, host: str) -> None:
         """Copy ``transfer_input_files`` into the scratch dir (code 13 when one is missing)."""
@@ -255,6 +366,7 @@ class Starter:
         run.signal(signal.SIGKILL)  # the job's leftover children, like the starter
         for f in run.files:
             f.close()
+        run.exit_file.unlink(missing_ok=True)
         transfer_error = None
         if transfer_outputs:
             transfer_error = self._transfer_outputs(ad, run.scratch)
@@ -288,15 +400,17 @@ class Starter:
             run.signal(signal.SIGTERM)
             run.signal(signal.SIGCONT)
         for _ in range(int(min(self.cfg.kill_grace, 3.0) / 0.05)):
-            if all(r.process.poll() is not None for r in runs):
+            if all(r.poll() is not None for r in runs):
                 break
             await asyncio.sleep(0.05)
         for run in runs:
             run.signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                run.process.wait(timeout=2)
+            if run.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    run.process.wait(timeout=2)
             for f in run.files:
                 f.close()
+            run.exit_file.unlink(missing_ok=True)
             if not self.cfg.keep_scratch:
                 shutil.rmtree(run.scratch, ignore_errors=True)
         log.info("killed %d running jobs at shutdown", len(runs))
