@@ -171,6 +171,25 @@ def test_a_job_whose_lease_expired_while_the_schedd_was_down_is_killed_and_runs_
     assert ad_of(schedd, cluster)["NumJobStarts"] == 2
 
 
+def test_a_starter_the_log_does_not_name_is_killed_so_no_job_runs_twice(
+    standin: Standin, tmp_path: Path
+) -> None:
+    schedd = standin.client_factory()
+    standin.control.set_slots(0)
+    cluster = schedd.submit(sh_job(f"echo $$ >> {tmp_path}/pids; sleep 60")).cluster()
+    logged_idle = job_log(standin).read_bytes()
+    standin.control.set_slots(1)
+    [pid] = map(int, read_pid_lines(tmp_path / "pids", 1))
+    standin.kill_daemon()
+    job_log(standin).write_bytes(logged_idle)  # the crash came before "started" was logged
+
+    standin.restart()
+
+    wait_until(lambda: not alive(pid), 5, what="the unknown starter's job to be killed")
+    second = int(read_pid_lines(tmp_path / "pids", 2)[1])
+    assert alive(second) and ad_of(schedd, cluster)["NumJobStarts"] == 1
+
+
 def test_removed_jobs_stay_removed(standin: Standin) -> None:
     schedd = standin.client_factory()
     cluster = schedd.submit(sh_job("sleep 60"), count=2).cluster()

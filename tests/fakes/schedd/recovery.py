@@ -7,11 +7,15 @@ and kept the job's exit status for the schedd; the job lease (``JobLeaseDuration
 40 minutes by default) bounds how long a starter waits for that, so a daemon down for longer
 finds the job killed. A job that cannot be reconnected goes back to Idle (its next start
 counts in ``NumJobStarts``), one being removed leaves the queue, one being held stays held.
+A starter the log does not name (the daemon died between starting it and logging that) is
+killed, as a startd ends a claim that no schedd reconnects to: no job runs twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import signal
 import time
@@ -19,7 +23,7 @@ import time
 from .classads import RUNNING, SUSPENDED, int_attr
 from .joblog import LogState
 from .queue import Job, JobQueue
-from .starter import Run
+from .starter import Run, killpg
 
 log = logging.getLogger("htcondor_standin")
 
@@ -43,6 +47,7 @@ def recover(queue: JobQueue, state: LogState, last_alive: float | None) -> None:
         queue.jobs[job.key] = job
         if record.get("run"):
             _reconnect(queue, job, Run.from_record(record["run"]), down_for)
+    _kill_unknown_starters(queue)
     if state.jobs:
         log.info(
             "recovered %d jobs from the job queue log (down for %.1fs); next cluster %d",
@@ -83,3 +88,24 @@ def _reconnect(queue: JobQueue, job: Job, run: Run, down_for: float) -> None:
     job.run = run
     log.info("job %d.%d could not be reconnected", *job.key)
     queue.process_exited(job, -signal.SIGKILL, None)
+
+
+def _kill_unknown_starters(queue: JobQueue) -> None:
+    """Kill job process groups under our execute dir that no reconnected run owns."""
+    execute = queue.cfg.workdir / "execute"
+    marker = f"_CONDOR_SCRATCH_DIR={execute}/".encode()
+    known = {j.run.scratch for j in queue.jobs.values() if j.run is not None}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                variables = f.read().split(b"\0")
+            scratch = next((v[len(marker) :] for v in variables if v.startswith(marker)), None)
+            directory = execute / scratch.decode().split("/")[0] if scratch else None
+            if directory is None or directory in known:
+                continue
+            killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
+            log.warning("killed pid %s in %s: no queued job runs there", entry.name, directory)
+            if not queue.cfg.keep_scratch:
+                shutil.rmtree(directory, ignore_errors=True)
