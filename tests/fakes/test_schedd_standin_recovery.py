@@ -283,4 +283,4 @@ def test_stopping_a_restarted_standin_kills_its_reconnected_jobs(tmp_path: Path)
         crash_and_restart(standin)
         assert alive(pid)
         standin.stop()  # the daemon's own shutdown, not the launcher's safety net
-        assert not alive(pid)
+        wait_until(lambda: not alive(pid), 5, what="the reconnected job to be killed")

@@ -39,11 +39,15 @@ _CHUNK = 200
 
 @dataclass
 class LogState:
-    """The queue as the log describes it: records by "c.p", history ads, the next ClusterId."""
+    """The queue as the log describes it: records by "c.p", history ads, the next ClusterId.
+
+    Ads stay text until an edit or ``parsed()`` needs them: a long log rewrites the same
+    job many times, and parsing is the slow part of a replay.
+    """
 
     next_cluster: int = 1
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    history: list[classad2.ClassAd] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)
 
     def apply(self, txn: dict[str, Any]) -> None:
         """Apply one committed transaction."""
@@ -53,13 +57,26 @@ class LogState:
             expr = classad2.ExprTree(value)
             for key in keys:
                 if key in self.jobs:
-                    self.jobs[key]["ad"][attr] = expr
+                    self._ad(key)[attr] = expr
         for key, record in txn.get("jobs", {}).items():
-            self.jobs[key] = {**record, "ad": classad2.parseOne(record["ad"])}
+            self.jobs[key] = dict(record)
         for key, ad in txn.get("left", {}).items():
             self.jobs.pop(key, None)
-            self.history.append(classad2.parseOne(ad))
-        self.history.extend(classad2.parseOne(ad) for ad in txn.get("history", ()))
+            self.history.append(ad)
+        self.history.extend(txn.get("history", ()))
+
+    def _ad(self, key: str) -> classad2.ClassAd:
+        record = self.jobs[key]
+        if isinstance(record["ad"], str):
+            record["ad"] = classad2.parseOne(record["ad"])
+        return record["ad"]
+
+    def parsed(self, history_size: int) -> tuple[dict[str, dict[str, Any]], list[classad2.ClassAd]]:
+        """The job records with parsed ads, and the last ``history_size`` history ads."""
+        for key in self.jobs:
+            self._ad(key)
+        recent = self.history[-history_size:] if history_size > 0 else []
+        return self.jobs, [classad2.parseOne(ad) for ad in recent]
 
 
 class JobLog:

@@ -36,8 +36,9 @@ def recover(queue: JobQueue, state: LogState, last_alive: float | None) -> None:
     now = time.time()
     down_for = now - last_alive if last_alive is not None else 0.0
     queue.next_cluster = state.next_cluster
-    queue.history.extend(state.history)
-    for _key, record in sorted(state.jobs.items(), key=lambda kv: _job_id(kv[0])):
+    records, history = state.parsed(queue.cfg.history_size)
+    queue.history.extend(history)
+    for _key, record in sorted(records.items(), key=lambda kv: _job_id(kv[0])):
         job = Job(
             ad=record["ad"],
             idle_since=now,

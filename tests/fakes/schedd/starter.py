@@ -408,6 +408,11 @@ class Starter:
             if run.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     run.process.wait(timeout=2)
+            else:  # adopted after a restart: not our child, watched through /proc
+                for _ in range(40):
+                    if not run.starter_alive():
+                        break
+                    await asyncio.sleep(0.05)
             for f in run.files:
                 f.close()
             run.exit_file.unlink(missing_ok=True)
