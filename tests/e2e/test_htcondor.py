@@ -390,7 +390,7 @@ def test_a_cluster_keeps_its_size_across_a_schedd_crash_and_restart(make_pool):
             and now
         )
 
-    now = wait_for(settled, timeout=30, what="3 running jobs and workers again")
+    now = wait_for(settled, timeout=60, what="3 running jobs and workers again")
     assert all(now[job]["DaskGatewayWorker"] == jobs[job] for job in kept)  # reconnected
     worker_names = {w["name"] for w in cluster.scheduler_info["workers"].values()}
     assert {j["DaskGatewayWorker"] for j in now.values()} == worker_names  # no orphan job
