@@ -137,9 +137,10 @@ class Schedd:
             run = job.run
             returncode = run.poll() if run is not None else None
             if run is not None and returncode is not None:
-                outputs = job.after_exit == "complete"
+                failure = self.starter.exec_failure(run, job.ad)
+                outputs = job.after_exit == "complete" and failure is None
                 transfer_error = self.starter.finish(run, job.ad, transfer_outputs=outputs)
-                self.queue.process_exited(job, returncode, transfer_error)
+                self.queue.process_exited(job, returncode, transfer_error, failure)
             elif run is not None and job.kill_at is not None and now >= job.kill_at:
                 run.signal(signal.SIGKILL)
                 job.kill_at = None

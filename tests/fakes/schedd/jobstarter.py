@@ -4,12 +4,12 @@ HTCondor's ``condor_starter`` runs on the execute node, not in the schedd: when 
 crashes, the starter keeps the job running and, when the job ends, keeps its exit status
 until a restarted schedd reconnects. This is that, for the stand-in. The daemon starts
 
-    python -I -S jobstarter.py REPORT_FD EXIT_FILE -- ARGV...
+    python -I -S jobstarter.py EXIT_FILE -- ARGV...
 
-with the job's cwd, environment and stdio, in a session of its own; REPORT_FD is the write
-end of a pipe. This process starts ARGV, writes ``ok`` (or the exec error as JSON) to it,
-waits for the job, writes its wait status to EXIT_FILE (atomically), then kills what the job
-left in its process group (itself included), as the starter does.
+with the job's cwd, environment and stdio, in a session of its own. This process starts
+ARGV, waits for it, writes its wait status to EXIT_FILE (atomically; with the errno when
+ARGV could not be executed), then kills what the job left in its process group (itself
+included), as the starter does.
 
 Standard library only, no package imports: it runs with ``-I -S`` in the job's environment.
 """
@@ -29,25 +29,21 @@ def _ignore(signum, frame):
 
 
 def main(argv):
-    report_fd, exit_file, sep, command = argv[0], argv[1], argv[2], argv[3:]
+    exit_file, sep, command = argv[0], argv[1], argv[2:]
     if sep != "--" or not command:
-        sys.stderr.write("usage: jobstarter.py REPORT_FD EXIT_FILE -- ARGV...\n")
+        sys.stderr.write("usage: jobstarter.py EXIT_FILE -- ARGV...\n")
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, _ignore)
-    report = os.fdopen(int(report_fd), "w")
     try:
         job = subprocess.Popen(command, close_fds=True)
     except OSError as exc:
-        report.write(json.dumps({"errno": exc.errno, "strerror": exc.strerror}))
-        report.close()
-        return 127
-    report.write("ok")
-    report.close()
-    returncode = job.wait()
+        ended = {"returncode": 127, "exec_error": [exc.errno or 0, exc.strerror or str(exc)]}
+    else:
+        ended = {"returncode": job.wait()}
     partial = exit_file + ".part"
     with open(partial, "w") as f:
-        f.write(json.dumps({"returncode": returncode}))
+        f.write(json.dumps(ended))
     os.replace(partial, exit_file)
     os.killpg(os.getpgid(0), signal.SIGKILL)  # the job's leftovers, and this process
     return 0

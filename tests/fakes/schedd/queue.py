@@ -39,7 +39,7 @@ from .config import Config
 from .jobads import SubmitContext, SubmitError, expand_submit
 from .joblog import JobLog
 from .protocol import RequestError, ad_texts
-from .starter import Run
+from .starter import Run, StartFailure
 
 log = logging.getLogger("htcondor_standin")
 
@@ -388,7 +388,13 @@ class JobQueue:
         job.run, job.after_exit, job.kill_at = run, "complete", None
         self.touch(job)
 
-    def process_exited(self, job: Job, returncode: int, transfer_error: str | None) -> None:
+    def process_exited(
+        self,
+        job: Job,
+        returncode: int,
+        transfer_error: str | None,
+        start_failure: StartFailure | None = None,
+    ) -> None:
         """Bookkeeping when a job's process has ended (and the starter cleaned up after it)."""
         ad = job.ad
         after = job.after_exit
@@ -406,6 +412,9 @@ class JobQueue:
         if after == "idle":
             self._set_status(job, IDLE)
             job.idle_since = time.time()
+            return
+        if start_failure is not None:
+            self.hold(job, start_failure.reason, start_failure.code, start_failure.subcode)
             return
         if returncode >= 0:
             ad["ExitCode"] = returncode

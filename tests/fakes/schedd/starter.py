@@ -14,7 +14,6 @@ import errno
 import json
 import logging
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -79,6 +78,10 @@ class Run:
     files: list[IO[bytes]]
     process: subprocess.Popen[bytes] | None = None
     returncode: int | None = None
+    #: (errno, strerror) when the starter could not execute the job.
+    exec_error: tuple[int, str] | None = None
+    argv: list[str] | None = None
+    host: str | None = None
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal the job's whole process group."""
@@ -96,9 +99,13 @@ class Run:
         if starter_status is None:
             return None
         try:
-            self.returncode = int(json.loads(self.exit_file.read_text())["returncode"])
+            ended = json.loads(self.exit_file.read_text())
+            self.returncode = int(ended["returncode"])
         except (OSError, ValueError, KeyError, TypeError):
             self.returncode = starter_status  # killed before it could record the job's end
+            return self.returncode
+        if ended.get("exec_error"):
+            self.exec_error = (int(ended["exec_error"][0]), str(ended["exec_error"][1]))
         return self.returncode
 
     def record(self) -> dict[str, Any]:
@@ -126,6 +133,29 @@ class Run:
             slot=int(record["slot"]),
             files=[],
         )
+
+
+def _cannot_execute(path: str) -> tuple[int, str] | None:
+    """(errno, strerror) execve would fail with for ``path``, as far as it can be told."""
+    if not os.path.exists(path):
+        return errno.ENOENT, os.strerror(errno.ENOENT)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        return errno.EACCES, os.strerror(errno.EACCES)
+    return None
+
+
+def exec_failure(
+    ad: classad2.ClassAd, argv: list[str], host: str, code: int, text: str
+) -> StartFailure:
+    """HTCondor's hold (code 6) for a job that could not be executed."""
+    args = " ".join(argv[1:])
+    with_args = f" with arguments {args}" if args else ""
+    cmd = str_attr(ad, "Cmd")
+    return StartFailure(
+        6,
+        code,
+        f"Error from {host}: Failed to execute '{cmd}'{with_args}: (errno={code}: '{text}')",
+    )
 
 
 class Starter:
@@ -178,71 +208,50 @@ class Starter:
             exit_file = self.cfg.workdir / "spool" / f"exit_{cluster}.{proc}_{starts + 1}"
             exit_file.parent.mkdir(parents=True, exist_ok=True)
             exit_file.unlink(missing_ok=True)
-            process, error = self._spawn(
+            cannot = _cannot_execute(argv[0])
+            if cannot is not None:
+                raise exec_failure(ad, argv, host, *cannot)
+            process = self._spawn(
                 argv, exit_file, cwd=scratch if transfer else iwd, env=env, stdio=stdio
             )
-            if error is not None:
-                args = " ".join(argv[1:])
-                with_args = f" with arguments {args}" if args else ""
-                cmd = str_attr(ad, "Cmd")
-                code, text = error
-                raise StartFailure(
-                    6,
-                    code,
-                    f"Error from {host}: Failed to execute '{cmd}'{with_args}: "
-                    f"(errno={code}: '{text}')",
-                )
         except StartFailure:
             for f in files:
                 f.close()
             if not self.cfg.keep_scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
             raise
-        ticks = process_start_ticks(process.pid)
+        ticks = process_start_ticks(process.pid)  # the starter lives at least until it execs
         run = Run(process.pid, ticks or 0, scratch, exit_file, slot, files, process=process)
+        run.argv, run.host = argv, host
         return run, running
 
     def _spawn(
         self, argv: list[str], exit_file: Path, cwd: Path, env: dict[str, str], stdio: tuple
-    ) -> tuple[subprocess.Popen[bytes], tuple[int, str] | None]:
+    ) -> subprocess.Popen[bytes]:
         """Start the job under its own starter process (``jobstarter.py``), in a new session.
 
-        The starter is what outlives a SIGKILLed daemon; its report says whether the exec
-        worked, as (errno, strerror) when it did not.
+        The starter is what outlives a SIGKILLed daemon. This does not wait for it to start
+        the job (a Python start-up per job would stall the daemon's loop); an exec failure
+        the check before it could not foresee comes back in its exit file.
         """
-        read_end, write_end = os.pipe()
-        try:
-            starter = [sys.executable, "-I", "-S", str(JOBSTARTER), str(write_end), str(exit_file)]
-            process = subprocess.Popen(
-                [*starter, "--", *argv],
-                cwd=cwd,
-                env=env,
-                stdin=stdio[0] or subprocess.DEVNULL,
-                stdout=stdio[1] or subprocess.DEVNULL,
-                stderr=stdio[2] or subprocess.DEVNULL,
-                start_new_session=True,
-                close_fds=True,
-                pass_fds=(write_end,),
-            )
-        finally:
-            os.close(write_end)
-        try:
-            report = b""
-            while select.select([read_end], [], [], 10.0)[0]:
-                chunk = os.read(read_end, 4096)
-                if not chunk:
-                    break
-                report += chunk
-        finally:
-            os.close(read_end)
-        if report == b"ok":
-            return process, None
-        process.wait(timeout=10)
-        try:
-            failure = json.loads(report)
-            return process, (int(failure["errno"] or 0), str(failure["strerror"]))
-        except (ValueError, KeyError, TypeError):
-            return process, (0, f"the starter failed ({process.returncode})")
+        starter = [sys.executable, "-I", "-S", str(JOBSTARTER), str(exit_file)]
+        return subprocess.Popen(
+            [*starter, "--", *argv],
+            cwd=cwd,
+            env=env,
+            stdin=stdio[0] or subprocess.DEVNULL,
+            stdout=stdio[1] or subprocess.DEVNULL,
+            stderr=stdio[2] or subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+    def exec_failure(self, run: Run, ad: classad2.ClassAd) -> StartFailure | None:
+        """The hold for a run whose starter could not execute the job, else None."""
+        if run.exec_error is None:
+            return None
+        host = run.host or f"slot{run.slot}@{self.cfg.name}"
+        return exec_failure(ad, run.argv or [str_attr(ad, "Cmd")], host, *run.exec_error)
 
     def _transfer_inputs(self, ad: classad2.ClassAd, iwd: Path, scratch: Path, host: str) -> None:
         """Copy ``transfer_input_files`` into the scratch dir (code 13 when one is missing)."""
