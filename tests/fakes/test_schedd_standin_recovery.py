@@ -127,6 +127,27 @@ def test_a_job_that_exited_while_the_schedd_was_down_completes_with_its_exit_cod
     assert (ad["JobStatus"], ad["ExitCode"], ad["NumJobStarts"]) == (COMPLETED, 5, 1)
 
 
+def test_an_exit_the_crash_kept_out_of_the_log_is_recorded_once_not_run_again(
+    standin: Standin, tmp_path: Path
+) -> None:
+    schedd = standin.client_factory()
+    go = tmp_path / "go"
+    script = f"echo $$ >> {tmp_path}/pids; while ! test -e {go}; do sleep 0.05; done; exit 3"
+    cluster = schedd.submit(sh_job(script)).cluster()
+    read_pid_lines(tmp_path / "pids", 1)
+    standin.control.crash_before_logging_an_exit()
+    go.touch()
+    assert standin.daemon is not None
+    standin.daemon.wait(timeout=10)  # it died with the exit known and not logged
+
+    standin.restart()
+
+    ad = history_ad(standin, cluster)
+    assert (ad["JobStatus"], ad["ExitCode"], ad["NumJobStarts"]) == (COMPLETED, 3, 1)
+    time.sleep(0.5)
+    assert len(read_pid_lines(tmp_path / "pids", 1)) == 1  # never started again
+
+
 def test_a_job_whose_starter_died_while_the_schedd_was_down_runs_again(
     standin: Standin, tmp_path: Path
 ) -> None:

@@ -55,9 +55,11 @@ class Schedd:
                 "ctl.jobs": self.ctl_jobs,
                 "ctl.set": self.ctl_set,
                 "ctl.shutdown": lambda a: self.stop.set(),
+                "ctl.crash_before_logging_an_exit": self.ctl_crash_before_logging_an_exit,
             }
         )
         self.last_periodic = 0.0
+        self.crash_before_logging_an_exit = False
 
     def _committed(self, handler: Handler) -> Handler:
         """``handler``, with its queue changes on disk before the answer goes out."""
@@ -99,6 +101,10 @@ class Schedd:
         """Queue ads plus (optionally) the history of jobs that left the queue."""
         return self.queue.snapshot(args.get("queue", True), args.get("history", True))
 
+    def ctl_crash_before_logging_an_exit(self, args: dict[str, Any]) -> None:
+        """Arm a SIGKILL of this daemon between a job's exit and the log's record of it."""
+        self.crash_before_logging_an_exit = True
+
     def ctl_set(self, args: dict[str, Any]) -> None:
         """Change slots / start latency / tick at runtime.
 
@@ -132,7 +138,8 @@ class Schedd:
                 await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.poll)
 
     def step(self, now: float) -> None:
-        """One scheduler pass."""
+        """One scheduler pass; its queue changes are one transaction, logged at the end."""
+        ended = []
         for job in list(self.queue.jobs.values()):
             run = job.run
             returncode = run.poll() if run is not None else None
@@ -141,9 +148,13 @@ class Schedd:
                 outputs = job.after_exit == "complete" and failure is None
                 transfer_error = self.starter.finish(run, job.ad, transfer_outputs=outputs)
                 self.queue.process_exited(job, returncode, transfer_error, failure)
+                ended.append(run)
             elif run is not None and job.kill_at is not None and now >= job.kill_at:
                 run.signal(signal.SIGKILL)
                 job.kill_at = None
+        if ended and self.crash_before_logging_an_exit:
+            log.warning("crashing before the exit of %d job(s) is logged, as asked", len(ended))
+            os.kill(os.getpid(), signal.SIGKILL)
         if now - self.last_periodic >= self.cfg.tick:
             self.last_periodic = now
             self.queue.periodic()
@@ -151,6 +162,8 @@ class Schedd:
         self.queue.drop_completed(now)
         self.negotiator.negotiate(now)
         self.queue.commit()
+        for run in ended:
+            self.starter.clean_up(run)
         if self.cfg.exit_with_pid is not None:
             try:
                 os.kill(self.cfg.exit_with_pid, 0)

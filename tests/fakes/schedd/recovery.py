@@ -49,6 +49,7 @@ def recover(queue: JobQueue, state: LogState, last_alive: float | None) -> None:
         if record.get("run"):
             _reconnect(queue, job, Run.from_record(record["run"]), down_for)
     _kill_unknown_starters(queue)
+    _remove_leftovers(queue)
     if state.jobs:
         log.info(
             "recovered %d jobs from the job queue log (down for %.1fs); next cluster %d",
@@ -89,6 +90,20 @@ def _reconnect(queue: JobQueue, job: Job, run: Run, down_for: float) -> None:
     job.run = run
     log.info("job %d.%d could not be reconnected", *job.key)
     queue.process_exited(job, -signal.SIGKILL, None)
+
+
+def _remove_leftovers(queue: JobQueue) -> None:
+    """Exit files and scratch dirs of runs whose end was logged but not yet cleaned up."""
+    runs = [j.run for j in queue.jobs.values() if j.run is not None]
+    exit_files = {run.exit_file for run in runs}
+    for path in (queue.cfg.workdir / "spool").glob("exit_*"):
+        if path not in exit_files:
+            path.unlink(missing_ok=True)
+    scratch_dirs = {run.scratch for run in runs}
+    if not queue.cfg.keep_scratch:
+        for path in (queue.cfg.workdir / "execute").glob("dir_*"):
+            if path not in scratch_dirs:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _kill_unknown_starters(queue: JobQueue) -> None:

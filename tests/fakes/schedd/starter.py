@@ -368,20 +368,24 @@ class Starter:
         )
 
     def finish(self, run: Run, ad: classad2.ClassAd, transfer_outputs: bool) -> str | None:
-        """After the process ended: kill its leftovers, transfer outputs, remove the scratch.
+        """After the process ended: kill its leftovers, transfer outputs.
 
-        Returns the hold reason when an output file is missing, else None.
+        Returns the hold reason when an output file is missing, else None. The scratch dir
+        and the exit file stay until ``clean_up``, once the queue has logged the exit: a
+        crash in between finds them and records the exit again, never runs the job again.
         """
         run.signal(signal.SIGKILL)  # the job's leftover children, like the starter
         for f in run.files:
             f.close()
-        run.exit_file.unlink(missing_ok=True)
-        transfer_error = None
         if transfer_outputs:
-            transfer_error = self._transfer_outputs(ad, run.scratch)
+            return self._transfer_outputs(ad, run.scratch)
+        return None
+
+    def clean_up(self, run: Run) -> None:
+        """Remove what the run left (its exit file, its scratch dir) after its exit is logged."""
+        run.exit_file.unlink(missing_ok=True)
         if not self.cfg.keep_scratch:
             shutil.rmtree(run.scratch, ignore_errors=True)
-        return transfer_error
 
     def _transfer_outputs(self, ad: classad2.ClassAd, scratch: Path) -> str | None:
         """Copy ``transfer_output_files`` back to Iwd; an error text when one is missing."""
