@@ -11,6 +11,8 @@ it, waits until the invariants hold (the recovery time) and records any that do 
   schedd-pause     SIGSTOP of the schedd stand-in for 2-8 s, then SIGCONT
   network-stall    every packet to the gateway's port (its proxy: the API, and the
                    scheduler connections routed through it) dropped for 2-8 s, loopback only
+  schedd-kill      SIGKILL of the schedd stand-in, down for 0-5 s, restart on the same
+                   spool: it replays its job queue log and reconnects its running jobs
   disk-full        the state directory's file system (a 64 MB tmpfs) filled to the last
                    byte while a request writes; the gateway must stop, naming the file
   db-corrupt       gateway killed, its database emptied or damaged: the next start must
@@ -18,10 +20,9 @@ it, waits until the invariants hold (the recovery time) and records any that do 
   db-locked        gateway killed, another process holds the database's write lock at
                    the next start (released within the wait, or the start refused)
 
-Not here (say so, do not pretend): a SIGKILLed schedd stand-in loses its queue (it has
-no job log, unlike a real schedd), so only pauses; the Kubernetes control plane and
-slurmctld take minutes and most of this machine's 2 cores to start, so their faults are
-in tests/e2e/test_kubernetes.py and tests/e2e/test_slurm*.py, not here.
+Not here (say so, do not pretend): the Kubernetes control plane and slurmctld take minutes
+and most of this machine's 2 cores to start, so their faults are in
+tests/e2e/test_kubernetes.py and tests/e2e/test_slurm*.py, not here.
 
     python benchmarks/chaos.py [--faults 100] [--seed S] [--max-minutes 90] [--json out.json]
                                [--kinds gateway-kill,disk-full,...] [--keep]
@@ -58,6 +59,7 @@ KINDS = (
     "gateway-pause",
     "schedd-pause",
     "network-stall",
+    "schedd-kill",
     "disk-full",
     "db-corrupt",
     "db-locked",
@@ -71,6 +73,7 @@ class Chaos:
         self.rng = rng
         self.state_dir = root / "state"
         self.db = self.state_dir / "gateway.sqlite"
+        self.standin = standin
         _factory, self.control = standin
         config = root / "config.py"
         config.write_text(world.gateway_config(str(socket_path), root / "staging"))
@@ -145,6 +148,13 @@ class Chaos:
             with world.stalled_port(self.gateway.port):
                 self.load.during_fault(kind, timeout=3)
                 time.sleep(self.rng.uniform(2, 8))
+        elif kind == "schedd-kill":
+            self.standin.kill_daemon()
+            try:
+                self.load.during_fault(kind, timeout=20)
+                time.sleep(self.rng.uniform(0, 5))
+            finally:
+                self.standin.restart()
         elif kind == "disk-full":
             note.update(self.disk_full())
         elif kind == "db-corrupt":

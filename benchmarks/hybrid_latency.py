@@ -12,6 +12,7 @@ a new interpreter for its worker instead of forking it:
 ``KubernetesLauncher.worker_dashboard``), for the ratios.
 
     python benchmarks/hybrid_latency.py [--workers 8] [--pod-slots 4] [--reps 3]
+                                        [--only "pods only;pods, dashboard"]
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def main() -> int:
     parser.add_argument("--burst-after", type=float, default=5.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=40.0)
+    parser.add_argument(
+        "--only",
+        help="semicolon-separated configurations to run (default: all); ratios need "
+        "'pods only' with 'pods, spawn' / 'pods, dashboard', and 'HTCondor only'",
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="eg-hybrid-bench-"))
@@ -91,6 +97,12 @@ def main() -> int:
                     "condor": {"launcher": "htcondor"},
                 },
             }
+            if args.only:
+                chosen = [name.strip() for name in args.only.split(";")]
+                unknown = set(chosen) - set(configs)
+                if unknown:
+                    parser.error(f"--only: unknown {sorted(unknown)}; choose from {list(configs)}")
+                configs = {name: configs[name] for name in chosen}
             runs = {}
             for name, pools in configs.items():
                 tmp = root / name.replace(",", "").replace(" ", "-")
@@ -126,25 +138,29 @@ def main() -> int:
             fulls = [r[1] for r in rows if r[1] is not None]
             return statistics.median(fulls) if len(fulls) == len(rows) else None
 
-        base = results["HTCondor only"]
-        base_first = statistics.median(r[0] for r in base)
-        base_full = median_full(base)
+        base = results.get("HTCondor only")
+        base_first = statistics.median(r[0] for r in base) if base else None
+        base_full = median_full(base) if base else None
         print(f"{'':<16}{'first worker':>14}{f'all {n} workers':>18}   ratio to HTCondor only")
         for name, rows in results.items():
             first = statistics.median(r[0] for r in rows)
             full = median_full(rows)
             if full is None:
                 shown = f"{'never (max ' + str(max(r[2] for r in rows)) + ')':>18}"
-                ratios = f"first {first / base_first:.2f}"
             else:
                 shown = f"{full:>16.2f} s"
-                ratios = f"first {first / base_first:.2f}, all {full / base_full:.2f}"
+            ratios = f"first {first / base_first:.2f}" if base_first else ""
+            if ratios and full is not None and base_full:
+                ratios += f", all {full / base_full:.2f}"
             print(f"{name:<16}{first:>12.2f} s{shown}   {ratios}")
         first = {name: statistics.median(r[0] for r in rows) for name, rows in results.items()}
-        new = first["pods only"]
+        new = first.get("pods only")
         for other, what in (("pods, spawn", "spawn (f3507a4)"), ("pods, dashboard", "dashboard")):
-            old = first[other]
-            print(f"first pod worker, now / {what}: {new:.2f} s / {old:.2f} s = {new / old:.2f}")
+            if new is not None and other in first:
+                old = first[other]
+                print(
+                    f"first pod worker, now / {what}: {new:.2f} s / {old:.2f} s = {new / old:.2f}"
+                )
         return 0
     finally:
         for k in made:

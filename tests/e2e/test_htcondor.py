@@ -7,7 +7,9 @@ address as execute nodes see it; tests that inject faults into the schedd are sk
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 import uuid
@@ -58,13 +60,14 @@ class Pool:
 
     def __init__(self, gateways, tmp_path: Path, slots: int, extra: str) -> None:
         self.gateway_id = f"test-{uuid.uuid4().hex[:8]}"
-        self.standin = None
+        self._standin_context = None
         socket_path = None
         if not REAL_SCHEDD:
             from tests.fakes.schedd import start_standin
 
-            self.standin = start_standin(tmp_path, slots=slots, tick=0.5)
-            factory, self.control = self.standin.__enter__()
+            self._standin_context = start_standin(tmp_path, slots=slots, tick=0.5)
+            self.standin = self._standin_context.__enter__()
+            factory, self.control = self.standin
             socket_path = str(factory().socket_path)
             self.schedd = factory()
         else:
@@ -84,8 +87,8 @@ class Pool:
 
     def close(self) -> None:
         self.gw.close()
-        if self.standin is not None:
-            self.standin.__exit__(None, None, None)
+        if self._standin_context is not None:
+            self._standin_context.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -348,3 +351,51 @@ def test_forwarded_credentials_reach_job_workers_but_no_job_ad(make_pool, tmp_pa
     assert not any(token.encode() in p.read_bytes() for p in staged)
     client.close()
     cluster.shutdown()
+
+
+def job_process_group(pool: Pool, job: str) -> int:
+    """The process group of a running job ("cluster.proc") on the stand-in: starter and job."""
+    from tests.fakes.schedd import leftover_job_pids
+
+    marker = f"/dir_{job}_".encode()
+    for pid in leftover_job_pids(pool.control.workdir):
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/environ").read_bytes():
+                return os.getpgid(pid)
+    raise AssertionError(f"no process of job {job}")
+
+
+@needs_standin
+def test_a_cluster_keeps_its_size_across_a_schedd_crash_and_restart(make_pool):
+    pool = make_pool(slots=3)
+    cluster = pool.gw.new_cluster()
+    cluster.scale(3)
+    wait_for(lambda: workers_of(cluster) == 3, what="3 HTCondor workers")
+    jobs = {f"{j['ClusterId']}.{j['ProcId']}": j["DaskGatewayWorker"] for j in pool.jobs()}
+    lost, kept = sorted(jobs)[0], sorted(jobs)[1:]
+
+    pool.standin.kill_daemon()
+    os.killpg(job_process_group(pool, lost), signal.SIGKILL)  # its execute node goes too
+    time.sleep(3)  # status queries fail meanwhile
+    pool.standin.restart()
+
+    def settled():
+        now = {f"{j['ClusterId']}.{j['ProcId']}": j for j in pool.jobs()}
+        records = pool.gw.cluster_details(cluster.name)["pools"]["condor"]
+        return (
+            len(now) == 3
+            and all(j["JobStatus"] == 2 for j in now.values())
+            and workers_of(cluster) == 3
+            and (records["running"], records["pending"], records["stopping"]) == (3, 0, 0)
+            and now
+        )
+
+    now = wait_for(settled, timeout=60, what="3 running jobs and workers again")
+    assert all(now[job]["DaskGatewayWorker"] == jobs[job] for job in kept)  # reconnected
+    worker_names = {w["name"] for w in cluster.scheduler_info["workers"].values()}
+    assert {j["DaskGatewayWorker"] for j in now.values()} == worker_names  # no orphan job
+    client = cluster.get_client()
+    assert sum(client.gather(client.map(lambda x: x * 3, range(10)))) == 135
+    client.close()
+    cluster.shutdown()
+    wait_for(lambda: pool.jobs() == [], what="no jobs after stop")

@@ -323,6 +323,25 @@ def test_a_missing_executable_puts_the_job_on_hold(standin: Standin, tmp_path: P
     assert missing in held[second]["HoldReason"]
 
 
+def test_an_executable_the_kernel_refuses_puts_the_job_on_hold(
+    standin: Standin, tmp_path: Path
+) -> None:
+    program = tmp_path / "not-a-program"
+    program.write_bytes(b"\x00\x01 neither ELF nor #!")
+    program.chmod(0o755)
+    description = htcondor2.Submit({"executable": str(program), "transfer_executable": "false"})
+    cluster = standin.client_factory().submit(description).cluster()
+
+    ad = wait_until(lambda: held_ad(standin, cluster), 10, what="the job to be held")
+    assert (ad["HoldReasonCode"], ad["HoldReasonSubCode"]) == (6, 8)  # ENOEXEC
+    assert f"Failed to execute '{program}'" in ad["HoldReason"]
+
+
+def held_ad(standin: Standin, cluster: int) -> classad2.ClassAd | None:
+    ads = standin.client_factory().query(f"ClusterId == {cluster} && JobStatus == {HELD}")
+    return ads[0] if ads else None
+
+
 # --- edit and policy -----------------------------------------------------------------------------
 
 

@@ -87,6 +87,10 @@ class StandinControl:
         """Change how often periodic policy expressions are evaluated."""
         self._call("set", {"tick": seconds})
 
+    def crash_before_logging_an_exit(self) -> None:
+        """Make the daemon SIGKILL itself when a job's exit is known but not yet logged."""
+        self._call("crash_before_logging_an_exit")
+
     def shutdown(self) -> None:
         """Ask the daemon to kill all jobs and exit."""
         self._call("shutdown")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .joblog import JobLog
 from .negotiator import Negotiator
-from .protocol import MAX_REQUEST_BYTES, Server
+from .protocol import MAX_REQUEST_BYTES, Handler, Server
 from .queue import JobQueue
+from .recovery import recover
 from .starter import Starter
 
 log = logging.getLogger("htcondor_standin")
@@ -37,22 +40,45 @@ class Schedd:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.stop = asyncio.Event()
-        self.queue = JobQueue(cfg)
+        self.joblog = JobLog(cfg.workdir / "spool" / "job_queue.log")
+        self.settings_file = cfg.workdir / "spool" / "settings.json"
+        self.queue = JobQueue(cfg, self.joblog)
         self.starter = Starter(cfg)
         self.negotiator = Negotiator(cfg, self.queue, self.starter)
         self.server = Server(
             {
-                "submit": self.queue.op_submit,
+                "submit": self._committed(self.queue.op_submit),
                 "query": self.queue.op_query,
-                "act": self.queue.op_act,
-                "edit": self.queue.op_edit,
+                "act": self._committed(self.queue.op_act),
+                "edit": self._committed(self.queue.op_edit),
                 "ctl.ping": self.ctl_ping,
                 "ctl.jobs": self.ctl_jobs,
                 "ctl.set": self.ctl_set,
                 "ctl.shutdown": lambda a: self.stop.set(),
+                "ctl.crash_before_logging_an_exit": self.ctl_crash_before_logging_an_exit,
             }
         )
         self.last_periodic = 0.0
+        self.crash_before_logging_an_exit = False
+
+    def _committed(self, handler: Handler) -> Handler:
+        """``handler``, with its queue changes on disk before the answer goes out."""
+
+        def run(args: dict[str, Any]) -> Any:
+            try:
+                return handler(args)
+            finally:
+                self.queue.commit()
+
+        return run
+
+    def recover(self) -> None:
+        """Replay the job queue log, reconnect or requeue the runs, compact the log."""
+        with contextlib.suppress(FileNotFoundError):
+            self._set(json.loads(self.settings_file.read_text()))
+        state, last_alive = self.joblog.replay()
+        recover(self.queue, state, last_alive)
+        self.queue.compact()
 
     # --- control channel ---------------------------------------------------------------------
 
@@ -75,8 +101,23 @@ class Schedd:
         """Queue ads plus (optionally) the history of jobs that left the queue."""
         return self.queue.snapshot(args.get("queue", True), args.get("history", True))
 
+    def ctl_crash_before_logging_an_exit(self, args: dict[str, Any]) -> None:
+        """Arm a SIGKILL of this daemon between a job's exit and the log's record of it."""
+        self.crash_before_logging_an_exit = True
+
     def ctl_set(self, args: dict[str, Any]) -> None:
-        """Change slots / start latency / tick at runtime."""
+        """Change slots / start latency / tick at runtime.
+
+        They are the execute pool's settings, which a schedd crash does not change: kept in
+        the spool for a restarted daemon.
+        """
+        self._set(args)
+        settings = {k: getattr(self.cfg, k) for k in ("slots", "start_latency", "tick")}
+        partial = self.settings_file.with_name(self.settings_file.name + ".new")
+        partial.write_text(json.dumps(settings))
+        os.replace(partial, self.settings_file)
+
+    def _set(self, args: dict[str, Any]) -> None:
         if "slots" in args:
             self.cfg.slots = max(0, int(args["slots"]))
         if "start_latency" in args:
@@ -97,21 +138,32 @@ class Schedd:
                 await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.poll)
 
     def step(self, now: float) -> None:
-        """One scheduler pass."""
+        """One scheduler pass; its queue changes are one transaction, logged at the end."""
+        ended = []
         for job in list(self.queue.jobs.values()):
             run = job.run
-            if run is not None and run.process.poll() is not None:
-                outputs = job.after_exit == "complete"
+            returncode = run.poll() if run is not None else None
+            if run is not None and returncode is not None:
+                failure = self.starter.exec_failure(run, job.ad)
+                outputs = job.after_exit == "complete" and failure is None
                 transfer_error = self.starter.finish(run, job.ad, transfer_outputs=outputs)
-                self.queue.process_exited(job, run.process.returncode, transfer_error)
+                self.queue.process_exited(job, returncode, transfer_error, failure)
+                ended.append(run)
             elif run is not None and job.kill_at is not None and now >= job.kill_at:
                 run.signal(signal.SIGKILL)
                 job.kill_at = None
+        if ended and self.crash_before_logging_an_exit:
+            log.warning("crashing before the exit of %d job(s) is logged, as asked", len(ended))
+            os.kill(os.getpid(), signal.SIGKILL)
         if now - self.last_periodic >= self.cfg.tick:
             self.last_periodic = now
             self.queue.periodic()
+            self.joblog.heartbeat()
         self.queue.drop_completed(now)
         self.negotiator.negotiate(now)
+        self.queue.commit()
+        for run in ended:
+            self.starter.clean_up(run)
         if self.cfg.exit_with_pid is not None:
             try:
                 os.kill(self.cfg.exit_with_pid, 0)
@@ -122,14 +174,26 @@ class Schedd:
                 pass
 
     async def shutdown_jobs(self) -> None:
-        """Kill every running job's process group (TERM, then KILL), bounded in time."""
-        await self.starter.kill_all([j.run for j in self.queue.jobs.values() if j.run is not None])
+        """Kill every running job's process group (TERM, then KILL), bounded in time.
+
+        As a schedd shutting down gracefully, the killed jobs go back to Idle in the log
+        (those being removed leave the queue), for the next start to run again.
+        """
+        running = [j for j in self.queue.jobs.values() if j.run is not None]
+        await self.starter.kill_all([j.run for j in running if j.run is not None])
+        for job in running:
+            if job.after_exit == "complete":
+                job.after_exit = "idle"
+            self.queue.process_exited(job, -signal.SIGKILL, None)
+        self.queue.commit()
+        self.joblog.close()
 
 
 async def serve(cfg: Config) -> int:
     """Run the daemon until SIGTERM/SIGINT, a ``shutdown`` request or ``exit_with_pid`` dies."""
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     schedd = Schedd(cfg)
+    schedd.recover()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, schedd.stop.set)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from .client import StandinSchedd
 from .control import StandinControl
@@ -27,11 +27,52 @@ T = TypeVar("T")
 _MAX_SOCKET_PATH = 100
 
 
-class Standin(NamedTuple):
-    """What ``start_standin`` yields; unpacks as ``client_factory, control``."""
+class Standin:
+    """What ``start_standin`` yields: a client factory, the control channel, and the daemon.
 
-    client_factory: Callable[..., StandinSchedd]
-    control: StandinControl
+    Unpacks as ``client_factory, control``. ``kill_daemon()`` SIGKILLs the daemon (its jobs
+    keep running, as on a crashed schedd's execute nodes) and ``restart()`` starts it again
+    on the same workdir and socket, where it replays its job queue log.
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable[..., StandinSchedd],
+        control: StandinControl,
+        start: Callable[[], subprocess.Popen[bytes]],
+    ) -> None:
+        self.client_factory = client_factory
+        self.control = control
+        self._start = start
+        self.daemon: subprocess.Popen[bytes] | None = start()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.client_factory, self.control))
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon, as a crash would: no clean-up, its jobs left running."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.kill()
+            self.daemon.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start the daemon again (after ``kill_daemon()`` or a shutdown); wait for its answer."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            raise RuntimeError("the stand-in schedd is still running; kill_daemon() first")
+        self.daemon = self._start()
+
+    def stop(self) -> None:
+        """Shut the daemon down (it kills its jobs), or kill it if it does not go."""
+        daemon = self.daemon
+        if daemon is None or daemon.poll() is not None:
+            return
+        with contextlib.suppress(RuntimeError):
+            StandinControl(self.control.socket_path, timeout=2.0).shutdown()
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=10)
 
 
 def wait_until(
@@ -146,12 +187,15 @@ def start_standin(
         *extra_args,
     ]
     log_path = workdir / "standin.log"
-    with open(log_path, "ab") as log_file:
-        daemon = subprocess.Popen(
-            cmd, cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
     control = StandinControl(socket_path, workdir=workdir)
-    try:
+    # A new stand-in starts with an empty queue; restart() is the one that replays the log.
+    shutil.rmtree(workdir / "spool", ignore_errors=True)
+
+    def start() -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log_file:
+            daemon = subprocess.Popen(
+                cmd, cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + ready_timeout
         while True:
             if daemon.poll() is not None:
@@ -159,26 +203,25 @@ def start_standin(
                     f"stand-in schedd exited with {daemon.returncode}:\n{log_path.read_text()}"
                 )
             with contextlib.suppress(RuntimeError):
-                control.ping()
-                break
+                control.ping()  # the socket of a killed daemon refuses: this is the new one
+                return daemon
             if time.monotonic() > deadline:
+                daemon.kill()
+                daemon.wait(timeout=10)
                 raise RuntimeError(f"stand-in schedd did not answer:\n{log_path.read_text()}")
             time.sleep(0.05)
 
-        def client_factory(timeout: float | None = None) -> StandinSchedd:
-            """A new client; ``timeout`` defaults to ``client_timeout``."""
-            return StandinSchedd(socket_path, client_timeout if timeout is None else timeout)
+    def client_factory(timeout: float | None = None) -> StandinSchedd:
+        """A new client; ``timeout`` defaults to ``client_timeout``."""
+        return StandinSchedd(socket_path, client_timeout if timeout is None else timeout)
 
-        yield Standin(client_factory, control)
+    standin: Standin | None = None
+    try:
+        standin = Standin(client_factory, control, start)
+        yield standin
     finally:
-        if daemon.poll() is None:
-            with contextlib.suppress(RuntimeError):
-                StandinControl(socket_path, timeout=2.0).shutdown()
-            try:
-                daemon.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(timeout=10)
+        if standin is not None:
+            standin.stop()
         _kill_leftovers(workdir)
         if socket_dir is not None:
             shutil.rmtree(socket_dir, ignore_errors=True)

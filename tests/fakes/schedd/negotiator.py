@@ -49,6 +49,4 @@ class Negotiator:
             self.queue.hold(job, failure.reason, failure.code, failure.subcode)
             return
         self.queue.started(job, run, running)
-        log.info(
-            "job %d.%d started as pid %d on %s", *job.key, run.process.pid, running["RemoteHost"]
-        )
+        log.info("job %d.%d started as pid %d on %s", *job.key, run.pid, running["RemoteHost"])

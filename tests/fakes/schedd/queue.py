@@ -3,7 +3,8 @@ state transitions, and the periodic and on-exit policy expressions.
 
 Every constraint and policy is evaluated by the real ``classad2``. Processes are reached only
 through a job's ``Run`` (``starter.py``); which job runs where is the negotiator's business.
-There is no persistence, as a restarted daemon starts with an empty queue.
+Every change is collected into one transaction that ``commit()`` writes to the job queue log
+(``joblog.py``) before the daemon answers or moves on, so a restarted daemon finds it again.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from .classads import (
 )
 from .config import Config
 from .jobads import SubmitContext, SubmitError, expand_submit
+from .joblog import JobLog
 from .protocol import RequestError, ad_texts
-from .starter import Run
+from .starter import Run, StartFailure
 
 log = logging.getLogger("htcondor_standin")
 
@@ -82,7 +84,7 @@ def compile_constraint(constraint: str) -> classad2.ExprTree:
 class JobQueue:
     """The jobs in the queue (by (cluster, proc)) and a bounded history of those that left."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, joblog: JobLog | None = None) -> None:
         self.cfg = cfg
         self.jobs: dict[tuple[int, int], Job] = {}
         self.history: collections.deque[classad2.ClassAd] = collections.deque(
@@ -90,6 +92,52 @@ class JobQueue:
         )
         self.next_cluster = 1
         self.owner = getpass.getuser()
+        self.joblog = joblog
+        # The transaction being collected: jobs changed, edits, jobs that left the queue.
+        self._dirty: set[tuple[int, int]] = set()
+        self._edits: list[list[Any]] = []
+        self._left: dict[str, str] = {}
+        self._logged_next = 1
+
+    # --- the job queue log -------------------------------------------------------------------
+
+    def touch(self, job: Job) -> None:
+        """``job`` changed: its record goes into the next committed transaction."""
+        self._dirty.add(job.key)
+
+    def record(self, job: Job) -> dict[str, Any]:
+        """What the log keeps of a job: its ad, the pending exit meaning, its starter."""
+        return {
+            "ad": str(job.ad),
+            "after": job.after_exit,
+            "run": job.run.record() if job.run is not None else None,
+            "completed_at": job.completed_at,
+        }
+
+    def commit(self) -> None:
+        """Write the changes collected since the last commit as one transaction (if any)."""
+        txn: dict[str, Any] = {}
+        if self.next_cluster != self._logged_next:
+            txn["next"] = self._logged_next = self.next_cluster
+        if self._edits:
+            txn["edits"] = self._edits
+        live = [key for key in self._dirty if key in self.jobs]
+        jobs = {"{}.{}".format(*key): self.record(self.jobs[key]) for key in live}
+        if jobs:
+            txn["jobs"] = jobs
+        if self._left:
+            txn["left"] = self._left
+        self._dirty, self._edits, self._left = set(), [], {}
+        if txn and self.joblog is not None:
+            self.joblog.append(txn)
+
+    def compact(self) -> None:
+        """Rewrite the log from the current state (at start, after replay)."""
+        self._dirty, self._edits, self._left = set(), [], {}
+        self._logged_next = self.next_cluster
+        if self.joblog is not None:
+            records = {f"{c}.{p}": self.record(j) for (c, p), j in sorted(self.jobs.items())}
+            self.joblog.rewrite(self.next_cluster, records, [str(ad) for ad in self.history])
 
     # --- schedd methods ----------------------------------------------------------------------
 
@@ -123,6 +171,7 @@ class JobQueue:
         for ad in expanded.ads:
             job = Job(ad=ad, idle_since=time.time())
             self.jobs[job.key] = job
+            self.touch(job)
         log.info("submitted cluster %d with %d procs", ctx.cluster_id, len(expanded.ads))
         return {
             "cluster": ctx.cluster_id,
@@ -269,6 +318,8 @@ class JobQueue:
             raise RequestError("HTCondorException", failure)
         for job in jobs:
             job.ad[attr] = expr
+        if jobs:
+            self._edits.append([attr, value, [f"{c}.{p}" for c, p in (j.key for j in jobs)]])
         log.info("edit %s = %s on %d jobs", attr, value, len(jobs))
         return len(jobs)
 
@@ -281,6 +332,7 @@ class JobQueue:
     # --- state transitions -------------------------------------------------------------------
 
     def _set_status(self, job: Job, status: int) -> None:
+        self.touch(job)
         job.ad["LastJobStatus"] = job.status
         job.ad["JobStatus"] = status
         job.ad["EnteredCurrentStatus"] = int(time.time())
@@ -288,6 +340,7 @@ class JobQueue:
     def _kill(self, job: Job, after: str, sig: signal.Signals = signal.SIGTERM) -> None:
         """Signal the job's process group; SIGKILL follows after the grace period."""
         assert job.run is not None
+        self.touch(job)
         job.after_exit = after
         job.run.signal(sig)
         if job.status == SUSPENDED:
@@ -324,6 +377,8 @@ class JobQueue:
 
     def _leave_queue(self, job: Job) -> None:
         self.jobs.pop(job.key, None)
+        self._dirty.discard(job.key)
+        self._left["{}.{}".format(*job.key)] = str(job.ad)
         self.history.append(job.ad)
         log.info("job %d.%d left the queue (status %d)", *job.key, job.status)
 
@@ -331,12 +386,20 @@ class JobQueue:
         """The starter started ``job``: record its Run and the ad updates that say so."""
         job.ad.update(running)
         job.run, job.after_exit, job.kill_at = run, "complete", None
+        self.touch(job)
 
-    def process_exited(self, job: Job, returncode: int, transfer_error: str | None) -> None:
+    def process_exited(
+        self,
+        job: Job,
+        returncode: int,
+        transfer_error: str | None,
+        start_failure: StartFailure | None = None,
+    ) -> None:
         """Bookkeeping when a job's process has ended (and the starter cleaned up after it)."""
         ad = job.ad
         after = job.after_exit
         job.run, job.kill_at, job.after_exit = None, None, "complete"
+        self.touch(job)
         if "RemoteHost" in ad:
             ad["LastRemoteHost"] = ad.lookup("RemoteHost")
             del ad["RemoteHost"]
@@ -349,6 +412,9 @@ class JobQueue:
         if after == "idle":
             self._set_status(job, IDLE)
             job.idle_since = time.time()
+            return
+        if start_failure is not None:
+            self.hold(job, start_failure.reason, start_failure.code, start_failure.subcode)
             return
         if returncode >= 0:
             ad["ExitCode"] = returncode

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,18 +46,116 @@ def killpg(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+JOBSTARTER = Path(__file__).with_name("jobstarter.py")
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """A live process's start time (clock ticks since boot), None when gone or a zombie.
+
+    A pid alone could name a newer process that reused it; the pair (pid, start) cannot.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
 @dataclass
 class Run:
-    """One execution of a job: its process (group), scratch dir, slot and open stdio files."""
+    """One execution of a job: its starter process (group), scratch dir, slot, stdio files.
 
-    process: subprocess.Popen[bytes]
+    ``process`` is None for a run adopted by a restarted daemon (no longer its child): then
+    the starter is watched through /proc, and its exit file says how the job ended.
+    """
+
+    pid: int
+    start_ticks: int
     scratch: Path
+    exit_file: Path
     slot: int
     files: list[IO[bytes]]
+    process: subprocess.Popen[bytes] | None = None
+    returncode: int | None = None
+    #: (errno, strerror) when the starter could not execute the job.
+    exec_error: tuple[int, str] | None = None
+    argv: list[str] | None = None
+    host: str | None = None
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal the job's whole process group."""
-        killpg(self.process.pid, sig)
+        killpg(self.pid, sig)
+
+    def poll(self) -> int | None:
+        """The job's wait status (negative: killed by that signal) once it ended, else None."""
+        if self.returncode is not None:
+            return self.returncode
+        if self.process is not None:
+            starter_status = self.process.poll()
+        else:
+            gone = not self.starter_alive()
+            starter_status = -signal.SIGKILL if gone else None
+        if starter_status is None:
+            return None
+        try:
+            ended = json.loads(self.exit_file.read_text())
+            self.returncode = int(ended["returncode"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.returncode = starter_status  # killed before it could record the job's end
+            return self.returncode
+        if ended.get("exec_error"):
+            self.exec_error = (int(ended["exec_error"][0]), str(ended["exec_error"][1]))
+        return self.returncode
+
+    def record(self) -> dict[str, Any]:
+        """What the job queue log keeps, to find this run again after a restart."""
+        return {
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "scratch": str(self.scratch),
+            "exit_file": str(self.exit_file),
+            "slot": self.slot,
+        }
+
+    def starter_alive(self) -> bool:
+        """Whether this run's starter process still runs (the same process, not a reused pid)."""
+        return process_start_ticks(self.pid) == self.start_ticks
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Run:
+        """The run a job queue log record names (a restarted daemon adopts it, not a child)."""
+        return cls(
+            pid=int(record["pid"]),
+            start_ticks=int(record["start_ticks"]),
+            scratch=Path(record["scratch"]),
+            exit_file=Path(record["exit_file"]),
+            slot=int(record["slot"]),
+            files=[],
+        )
+
+
+def _cannot_execute(path: str) -> tuple[int, str] | None:
+    """(errno, strerror) execve would fail with for ``path``, as far as it can be told."""
+    if not os.path.exists(path):
+        return errno.ENOENT, os.strerror(errno.ENOENT)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        return errno.EACCES, os.strerror(errno.EACCES)
+    return None
+
+
+def exec_failure(
+    ad: classad2.ClassAd, argv: list[str], host: str, code: int, text: str
+) -> StartFailure:
+    """HTCondor's hold (code 6) for a job that could not be executed."""
+    args = " ".join(argv[1:])
+    with_args = f" with arguments {args}" if args else ""
+    cmd = str_attr(ad, "Cmd")
+    return StartFailure(
+        6,
+        code,
+        f"Error from {host}: Failed to execute '{cmd}'{with_args}: (errno={code}: '{text}')",
+    )
 
 
 class Starter:
@@ -90,6 +190,7 @@ class Starter:
             stdout = self._open(ad, "Out", iwd, "wb", 7, host, files)
             same = str_attr(ad, "Err") == str_attr(ad, "Out") and stdout is not None
             stderr = stdout if same else self._open(ad, "Err", iwd, "wb", 7, host, files)
+            stdio = (stdin, stdout, stderr)
             now = int(time.time())
             running = {
                 "JobStatus": RUNNING,
@@ -104,34 +205,53 @@ class Starter:
             job_ad_text = self._job_ad_text(ad, running)
             (scratch / ".job.ad").write_text(job_ad_text)
             (scratch / ".machine.ad").write_text(self._machine_ad(host, slot).printOld())
-            try:
-                process = subprocess.Popen(
-                    argv,
-                    cwd=scratch if transfer else iwd,
-                    env=env,
-                    stdin=stdin or subprocess.DEVNULL,
-                    stdout=stdout or subprocess.DEVNULL,
-                    stderr=stderr or subprocess.DEVNULL,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                args = " ".join(argv[1:])
-                with_args = f" with arguments {args}" if args else ""
-                cmd = str_attr(ad, "Cmd")
-                raise StartFailure(
-                    6,
-                    exc.errno or 0,
-                    f"Error from {host}: Failed to execute '{cmd}'{with_args}: "
-                    f"(errno={exc.errno}: '{exc.strerror}')",
-                ) from exc
+            exit_file = self.cfg.workdir / "spool" / f"exit_{cluster}.{proc}_{starts + 1}"
+            exit_file.parent.mkdir(parents=True, exist_ok=True)
+            exit_file.unlink(missing_ok=True)
+            cannot = _cannot_execute(argv[0])
+            if cannot is not None:
+                raise exec_failure(ad, argv, host, *cannot)
+            process = self._spawn(
+                argv, exit_file, cwd=scratch if transfer else iwd, env=env, stdio=stdio
+            )
         except StartFailure:
             for f in files:
                 f.close()
             if not self.cfg.keep_scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return Run(process=process, scratch=scratch, slot=slot, files=files), running
+        ticks = process_start_ticks(process.pid)  # the starter lives at least until it execs
+        run = Run(process.pid, ticks or 0, scratch, exit_file, slot, files, process=process)
+        run.argv, run.host = argv, host
+        return run, running
+
+    def _spawn(
+        self, argv: list[str], exit_file: Path, cwd: Path, env: dict[str, str], stdio: tuple
+    ) -> subprocess.Popen[bytes]:
+        """Start the job under its own starter process (``jobstarter.py``), in a new session.
+
+        The starter is what outlives a SIGKILLed daemon. This does not wait for it to start
+        the job (a Python start-up per job would stall the daemon's loop); an exec failure
+        the check before it could not foresee comes back in its exit file.
+        """
+        starter = [sys.executable, "-I", "-S", str(JOBSTARTER), str(exit_file)]
+        return subprocess.Popen(
+            [*starter, "--", *argv],
+            cwd=cwd,
+            env=env,
+            stdin=stdio[0] or subprocess.DEVNULL,
+            stdout=stdio[1] or subprocess.DEVNULL,
+            stderr=stdio[2] or subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+    def exec_failure(self, run: Run, ad: classad2.ClassAd) -> StartFailure | None:
+        """The hold for a run whose starter could not execute the job, else None."""
+        if run.exec_error is None:
+            return None
+        host = run.host or f"slot{run.slot}@{self.cfg.name}"
+        return exec_failure(ad, run.argv or [str_attr(ad, "Cmd")], host, *run.exec_error)
 
     def _transfer_inputs(self, ad: classad2.ClassAd, iwd: Path, scratch: Path, host: str) -> None:
         """Copy ``transfer_input_files`` into the scratch dir (code 13 when one is missing)."""
@@ -248,19 +368,24 @@ class Starter:
         )
 
     def finish(self, run: Run, ad: classad2.ClassAd, transfer_outputs: bool) -> str | None:
-        """After the process ended: kill its leftovers, transfer outputs, remove the scratch.
+        """After the process ended: kill its leftovers, transfer outputs.
 
-        Returns the hold reason when an output file is missing, else None.
+        Returns the hold reason when an output file is missing, else None. The scratch dir
+        and the exit file stay until ``clean_up``, once the queue has logged the exit: a
+        crash in between finds them and records the exit again, never runs the job again.
         """
         run.signal(signal.SIGKILL)  # the job's leftover children, like the starter
         for f in run.files:
             f.close()
-        transfer_error = None
         if transfer_outputs:
-            transfer_error = self._transfer_outputs(ad, run.scratch)
+            return self._transfer_outputs(ad, run.scratch)
+        return None
+
+    def clean_up(self, run: Run) -> None:
+        """Remove what the run left (its exit file, its scratch dir) after its exit is logged."""
+        run.exit_file.unlink(missing_ok=True)
         if not self.cfg.keep_scratch:
             shutil.rmtree(run.scratch, ignore_errors=True)
-        return transfer_error
 
     def _transfer_outputs(self, ad: classad2.ClassAd, scratch: Path) -> str | None:
         """Copy ``transfer_output_files`` back to Iwd; an error text when one is missing."""
@@ -288,15 +413,22 @@ class Starter:
             run.signal(signal.SIGTERM)
             run.signal(signal.SIGCONT)
         for _ in range(int(min(self.cfg.kill_grace, 3.0) / 0.05)):
-            if all(r.process.poll() is not None for r in runs):
+            if all(r.poll() is not None for r in runs):
                 break
             await asyncio.sleep(0.05)
         for run in runs:
             run.signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                run.process.wait(timeout=2)
+            if run.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    run.process.wait(timeout=2)
+            else:  # adopted after a restart: not our child, watched through /proc
+                for _ in range(40):
+                    if not run.starter_alive():
+                        break
+                    await asyncio.sleep(0.05)
             for f in run.files:
                 f.close()
+            run.exit_file.unlink(missing_ok=True)
             if not self.cfg.keep_scratch:
                 shutil.rmtree(run.scratch, ignore_errors=True)
         log.info("killed %d running jobs at shutdown", len(runs))
