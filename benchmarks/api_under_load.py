@@ -185,6 +185,28 @@ class User:
         return [("stop", self.stop(name)), ("create", self.create())]
 
 
+def idle_cpu_per_cluster(gw: GatewayProcess, level: int, seconds: float = 10) -> float:
+    """Share of one core each live cluster's processes use with no request and no task:
+    CPU time, so what else runs on the machine changes it little."""
+
+    def cpu(procs: list[psutil.Process]) -> dict[int, float]:
+        seen = {}
+        for p in procs:
+            try:
+                seen[p.pid] = sum(p.cpu_times()[:2])
+            except psutil.Error:
+                continue
+        return seen
+
+    procs = gw.leftover_processes()
+    before = cpu(procs)
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    after = cpu(procs)
+    used = sum(after[pid] - before[pid] for pid in after if pid in before)
+    return used / (time.perf_counter() - t0) / level
+
+
 def grow(users: list[User], level: int, timeout: float = 600) -> None:
     """Create clusters round-robin until ``level`` exist, then wait until all run."""
     have = sum(len(u.clusters) for u in users)
@@ -342,6 +364,8 @@ def run_levels(args: argparse.Namespace, levels: list[int], tick: float) -> list
                 )
                 if args.nice_clusters:
                     renice_clusters(proc)
+                idle = idle_cpu_per_cluster(gw, level)
+                print(f"  idle: {idle:.2%} of a core per live cluster", flush=True)
                 t0 = time.time()
                 cpu0, machine0 = sum(proc.cpu_times()[:2]), psutil.cpu_times()
                 times = workload(users, args.seconds, args.think)
@@ -352,7 +376,7 @@ def run_levels(args: argparse.Namespace, levels: list[int], tick: float) -> list
                 lag, loop_busy = lags_between(lag_file, t0, t1)
                 rss = proc.memory_info().rss
                 jobs = len(factory().query("true", ["ClusterId"]))
-                rows.append((level, times, lag, rss, jobs, cpu, busy, loop_busy))
+                rows.append((level, times, lag, rss, jobs, cpu, busy, loop_busy, idle))
                 every = [t for v in times.values() for t in v]
                 print(
                     f"  {len(every)} requests ({len(every) / args.seconds:.0f}/s), p50 "
@@ -388,16 +412,16 @@ def report(args: argparse.Namespace, rows: list[tuple], tick: float) -> None:
     kinds = ["list", "get", "details", "scale", "quota", "create", "stop"]
     print(
         f"{'live':>5}{'req/s':>7}{'p50':>8}{'p99':>8}{'lag max':>9}{'lag p99':>9}{'RSS':>9}"
-        f"{'gw CPU':>8}{'busy':>6}{'loop busy max':>15}{'p99':>7}"
+        f"{'gw CPU':>8}{'busy':>6}{'loop busy max':>15}{'p99':>7}{'idle/cluster':>14}"
         + "".join(f"{k + ' p99':>13}" for k in kinds)
     )
-    for level, times, lag, rss, _jobs, cpu, busy, loop_busy in rows:
+    for level, times, lag, rss, _jobs, cpu, busy, loop_busy, idle in rows:
         every = [t for v in times.values() for t in v]
         print(
             f"{level:>5}{len(every) / args.seconds:>7.0f}{pct(every, 50) * 1e3:>6.1f}ms"
             f"{pct(every, 99) * 1e3:>6.1f}ms{max(lag) * 1e3:>7.0f}ms{pct(lag, 99) * 1e3:>7.1f}ms"
             f"{rss / 2**20:>6.0f}MiB{cpu:>8.0%}{busy:>6.0%}"
-            f"{max(loop_busy) * 1e3:>13.0f}ms{pct(loop_busy, 99) * 1e3:>5.1f}ms"
+            f"{max(loop_busy) * 1e3:>13.0f}ms{pct(loop_busy, 99) * 1e3:>5.1f}ms{idle:>14.2%}"
             + "".join(f"{pct(times.get(k, []), 99) * 1e3:>10.1f} ms" for k in kinds)
         )
     if len(rows) > 1:
@@ -422,12 +446,15 @@ def compare(runs: dict[float, list[tuple]]) -> None:
     (base_tick, base), *others = runs.items()
     for tick, rows in others:
         print(f"\nticks every {tick_label(tick)} / every {tick_label(base_tick)}:")
-        print(f"{'live':>5}{'API p99':>9}{'lag p99':>9}{'machine busy':>14}{'req/s':>7}")
+        print(
+            f"{'live':>5}{'idle CPU/cluster':>18}{'API p99':>9}{'lag p99':>9}"
+            f"{'machine busy':>14}{'req/s':>7}"
+        )
         for old, new in zip(base, rows, strict=True):
             old_all = [t for v in old[1].values() for t in v]
             new_all = [t for v in new[1].values() for t in v]
             print(
-                f"{new[0]:>5}{pct(new_all, 99) / pct(old_all, 99):>9.2f}"
+                f"{new[0]:>5}{new[8] / old[8]:>18.2f}{pct(new_all, 99) / pct(old_all, 99):>9.2f}"
                 f"{pct(new[2], 99) / pct(old[2], 99):>9.2f}{new[6] / old[6]:>14.2f}"
                 f"{len(new_all) / len(old_all):>7.2f}"
             )
