@@ -22,8 +22,15 @@ POOL_CHOICES = ("local", "condor", "local,condor")
 
 
 class Workload:
-    def __init__(self, api: Api, gateway: GatewayProcess, rng: random.Random) -> None:
+    def __init__(
+        self,
+        api: Api,
+        gateway: GatewayProcess,
+        rng: random.Random,
+        pool_choices: tuple[str, ...] = POOL_CHOICES,
+    ) -> None:
         self.api = api
+        self.pool_choices = pool_choices
         self.gateway = gateway
         self.rng = rng
         self.clusters: dict[str, dict[str, Any]] = {}  # name -> user, mode, count
@@ -66,7 +73,7 @@ class Workload:
 
     # --- actions -------------------------------------------------------------------------
     def start(self, user: str) -> None:
-        options = {"worker_pools": self.rng.choice(POOL_CHOICES)}
+        options = {"worker_pools": self.rng.choice(self.pool_choices)}
         got = self.request(
             "new cluster", "POST", "/api/v1/clusters/", user, {"cluster_options": options}
         )
