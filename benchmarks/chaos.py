@@ -193,6 +193,9 @@ class Chaos:
         else:
             owner = next(w for w in self.worlds if kind in w.kinds)
             note.update(owner.inject(kind, lambda: self.load.during_fault(kind, timeout=20)))
+            if lost := note.pop("lost", []):  # failed with the fault (the invariants check)
+                self.load.forget(lost)
+                note["clusters lost"] = len(lost)
         return note
 
     def disk_full(self) -> dict:

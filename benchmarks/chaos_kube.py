@@ -112,13 +112,14 @@ c.KubernetesLauncher.image = "ignored-by-the-process-kubelet"
                 self.env.cp.start_apiserver()
         elif kind == "kubelet-kill":
             pods = len(self.kubelet.processes())
+            lost = sorted(self.live().schedulers)  # every scheduler runs on this one Node
             self.kubelet.kill()
             try:
                 during()
                 time.sleep(max(0.0, down - (time.monotonic() - t0)))
             finally:
                 self.kubelet.start()
-            return {"down s": round(down, 1), "pod processes": pods}
+            return {"down s": round(down, 1), "pod processes": pods, "lost": lost}
         else:
             raise ValueError(f"not a kubernetes fault kind: {kind}")
         return {"down s": round(down, 1)}

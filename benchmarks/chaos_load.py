@@ -175,6 +175,11 @@ class Workload:
             return [self.wrong[-1]]
         return []
 
+    def forget(self, names: list[str]) -> None:
+        """Clusters a fault ended (their scheduler's node crashed): no longer used."""
+        for name in names:
+            self.clusters.pop(name, None)
+
     def stop_all(self) -> None:
         for name in list(self.clusters):
             self.stop(name)

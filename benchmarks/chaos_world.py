@@ -57,7 +57,8 @@ class WorkerWorld(Protocol):
     A context manager that starts and stops it; ``config()`` adds its worker pool ``pool``
     (capped at ``cap``, in the one VO) to the gateway's config; ``inject(kind, during)``
     injects one of its ``kinds``, calls ``during()`` (a request) while it lasts, and heals
-    it; ``live()`` reads what runs there, for the invariants.
+    it (its note's ``lost``: clusters the fault ends, as a node crash does, which the users
+    then know are gone); ``live()`` reads what runs there, for the invariants.
     """
 
     pool: str
