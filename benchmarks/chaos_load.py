@@ -34,6 +34,7 @@ class Workload:
         self.gateway = gateway
         self.rng = rng
         self.clusters: dict[str, dict[str, Any]] = {}  # name -> user, mode, count
+        self.forgotten: dict[str, dict[str, Any]] = {}  # see forget()
         self.stopped_by_users: set[str] = set()
         self.requests = {"ok": 0, "refused": 0, "unavailable": 0}
         self.unexplained: list[str] = []
@@ -176,10 +177,15 @@ class Workload:
         return []
 
     def forget(self, names: list[str]) -> None:
-        """Clusters a fault ended (their scheduler's node crashed): no longer used."""
+        """Clusters a fault may have ended (their scheduler's node crashed): no longer used,
+        only stopped at the end (a scheduler pod not started yet at the crash survives it)."""
         for name in names:
-            self.clusters.pop(name, None)
+            if name in self.clusters:
+                self.forgotten[name] = self.clusters.pop(name)
 
     def stop_all(self) -> None:
         for name in list(self.clusters):
             self.stop(name)
+        for name, c in self.forgotten.items():  # a failed one is refused: 409, with a message
+            self.request(f"stop {name}", "DELETE", f"/api/v1/clusters/{name}", c["user"])
+        self.forgotten.clear()
