@@ -29,8 +29,9 @@ their fault kinds (both start their own daemons; the control plane takes a minut
     apiserver-kill   SIGKILL of kube-apiserver, restarted on the same port after 0-5 s
     kubelet-kill     SIGKILL of the process kubelet, restarted on the same Node after 0-5 s.
                      Its containers die with it (unlike a real kubelet's, which outlive it
-                     and are re-adopted): this is a node crash, every pod of the Node is
-                     reported Failed (ContainerStatusUnknown) by the restarted kubelet
+                     and are re-adopted): this is a node crash; the restarted kubelet
+                     reports each pod whose containers had started Failed
+                     (ContainerStatusUnknown)
   slurm            workers as Slurm jobs (pool "slurm", at most 3) on real slurmctld/slurmd
                    (tests/slurm):
     slurmctld-kill   SIGKILL of slurmctld, restarted on the same StateSaveLocation after
