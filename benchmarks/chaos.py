@@ -20,12 +20,26 @@ it, waits until the invariants hold (the recovery time) and records any that do 
   db-locked        gateway killed, another process holds the database's write lock at
                    the next start (released within the wait, or the start refused)
 
-Not here (say so, do not pretend): the Kubernetes control plane and slurmctld take minutes
-and most of this machine's 2 cores to start, so their faults are in
-tests/e2e/test_kubernetes.py and tests/e2e/test_slurm*.py, not here.
+Opt-in worlds (``--with kubernetes,slurm``) add a worker pool each, in the same VO, and
+their fault kinds (both start their own daemons; the control plane takes a minute or two):
+
+  kubernetes       workers and, as the Kubernetes launcher needs, every scheduler as pods
+                   (pool "pods", at most 3) on a local control plane (tests/k8s) with the
+                   process kubelet (tests/fakes/kubernetes) running them as processes:
+    apiserver-kill   SIGKILL of kube-apiserver, restarted on the same port after 0-5 s
+    kubelet-kill     SIGKILL of the process kubelet, restarted on the same Node after 0-5 s.
+                     Its containers die with it (unlike a real kubelet's, which outlive it
+                     and are re-adopted): this is a node crash; the restarted kubelet
+                     reports each pod whose containers had started Failed
+                     (ContainerStatusUnknown)
+  slurm            workers as Slurm jobs (pool "slurm", at most 3) on real slurmctld/slurmd
+                   (tests/slurm):
+    slurmctld-kill   SIGKILL of slurmctld, restarted on the same StateSaveLocation after
+                     0-5 s (it recovers its jobs there; running jobs stay with slurmd)
 
     python benchmarks/chaos.py [--faults 100] [--seed S] [--max-minutes 90] [--json out.json]
                                [--kinds gateway-kill,disk-full,...] [--keep]
+                               [--with kubernetes,slurm]
 
 Needs root (the tmpfs, iptables); loopback only. Prints its seed: rerun with --seed to replay the
 same faults and workload choices (timings of course vary); --kinds draws from some kinds
@@ -36,6 +50,7 @@ when any invariant was broken. Results: docs/reliability.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -49,8 +64,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import chaos_kube, chaos_slurm
 from benchmarks import chaos_world as world
-from benchmarks.chaos_load import Workload
+from benchmarks.chaos_load import POOL_CHOICES, Workload
 from gateway_backend.embedded import GatewayProcess
 from tests.fakes.schedd import start_standin
 
@@ -66,31 +82,47 @@ KINDS = (
 )
 SETTLE_TIMEOUT = 120.0  # a fault not recovered from by then is a violation
 REFUSAL_BOUND = 30.0  # a refused start must say why within this
+WORLDS = {"kubernetes": chaos_kube, "slurm": chaos_slurm}  # --with: module, its KINDS, World
 
 
 class Chaos:
-    def __init__(self, root: Path, rng: random.Random, standin, socket_path: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        rng: random.Random,
+        standin,
+        socket_path: Path,
+        worlds: tuple[world.WorkerWorld, ...] = (),
+    ) -> None:
         self.rng = rng
+        self.worlds = worlds
         self.state_dir = root / "state"
         self.db = self.state_dir / "gateway.sqlite"
         self.standin = standin
         _factory, self.control = standin
         config = root / "config.py"
-        config.write_text(world.gateway_config(str(socket_path), root / "staging"))
+        config.write_text(world.gateway_config(str(socket_path), root / "staging", worlds))
         self.gateway = GatewayProcess(
             self.state_dir, config_file=config, log_path=root / "gateway.log"
         )
         self.socket_path = socket_path
         self.api = world.Api(self.gateway)
-        self.load = Workload(self.api, self.gateway, rng)
+        pools = POOL_CHOICES + tuple(c for w in worlds for c in (w.pool, f"{w.pool},condor"))
+        self.load = Workload(self.api, self.gateway, rng, pools)
         self.results: list[dict] = []
         self.violations: list[str] = []
         self.overshoot_samples = 0
 
     # --- looking -------------------------------------------------------------------------
+    def live(self) -> world.Live:
+        return world.live_objects(self.state_dir / "clusters", self.control, self.worlds)
+
     def look(self, with_usage: bool = True) -> world.Check:
         records = world.read_records(self.db)
-        live = world.live_objects(self.state_dir / "clusters", self.control)
+        try:
+            live = self.live()
+        except Exception as exc:  # a --with world's API or daemon not answering (yet)
+            return world.Check([], [], [f"could not look: {exc!r}"[:200]], [])
         usage = self.api.usage() if with_usage and world.healthy(self.gateway) else None
         if with_usage and usage is None:
             return world.Check([], [], ["quota API did not answer"], [])
@@ -100,9 +132,7 @@ class Chaos:
         """Limits are never exceeded, whatever state the gateway is in."""
         self.overshoot_samples += 1
         records = world.read_records(self.db)
-        return world.overshoot_of(
-            world.live_objects(self.state_dir / "clusters", self.control), records
-        )
+        return world.overshoot_of(self.live(), records)
 
     def settle(self) -> tuple[float, world.Check, str]:
         """Seconds until the invariants hold twice in a row, the last check, what was awaited."""
@@ -161,6 +191,12 @@ class Chaos:
             note.update(self.db_corrupt())
         elif kind == "db-locked":
             note.update(self.db_locked())
+        else:
+            owner = next(w for w in self.worlds if kind in w.kinds)
+            note.update(owner.inject(kind, lambda: self.load.during_fault(kind, timeout=20)))
+            if lost := note.pop("lost", []):  # failed with the fault (the invariants check)
+                self.load.forget(lost)
+                note["clusters lost"] = len(lost)
         return note
 
     def disk_full(self) -> dict:
@@ -190,7 +226,7 @@ class Chaos:
         how = self.rng.choice(["empty", "schema page", "not a database"])
         self.gateway.kill()
         world.checkpoint(self.db)  # else the log may hold a good copy of the damaged page
-        groups_before = world.live_objects(self.state_dir / "clusters", self.control)
+        groups_before = self.live()
         backup = self.state_dir.parent / "db-backup"
         backup.mkdir(exist_ok=True)
         for f in world.db_files(self.db):
@@ -206,7 +242,7 @@ class Chaos:
             self.gateway.kill()
         elif str(self.db) not in log:
             self.violations.append(f"db-corrupt ({how}): refusal does not name {self.db}:\n{log}")
-        after = world.live_objects(self.state_dir / "clusters", self.control)
+        after = self.live()
         if after.schedulers != groups_before.schedulers:
             self.violations.append(f"db-corrupt ({how}): clusters were stopped by the refusal")
         for f in world.db_files(self.db):  # the recovery: put the copy back
@@ -291,7 +327,12 @@ class Chaos:
         t0 = time.monotonic()
         left = None
         while time.monotonic() - t0 < 60:
-            live = world.live_objects(self.state_dir / "clusters", self.control)
+            try:
+                live = self.live()
+            except Exception as exc:
+                left = [f"could not look: {exc!r}"]
+                time.sleep(0.5)
+                continue
             left = sorted(live.schedulers) + sorted(map("/".join, live.workers()))
             left += live.stray_job_processes
             if not left:
@@ -308,7 +349,8 @@ def table(results: list[dict], load: Workload, violations: list[str], samples: i
         "| ghosts | quota mismatch | overshoot | wrong results |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind in (*KINDS, "all"):
+    others = sorted({r["kind"] for r in results} - set(KINDS))  # the --with worlds' kinds
+    for kind in (*KINDS, *others, "all"):
         rows = [r for r in results if kind in ("all", r["kind"])]
         if not rows:
             continue
@@ -344,10 +386,22 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--kinds", default=",".join(KINDS), help="fault kinds to draw from")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs)")
+    parser.add_argument(
+        "--with", dest="worlds", default="", help="also kubernetes and/or slurm (comma list)"
+    )
     args = parser.parse_args()
-    unknown = set(args.kinds.split(",")) - set(KINDS)
+    names = [n for n in args.worlds.split(",") if n]
+    if set(names) - set(WORLDS):
+        parser.error(
+            f"--with: unknown {sorted(set(names) - set(WORLDS))}; choose from {','.join(WORLDS)}"
+        )
+    known = KINDS + tuple(k for n in names for k in WORLDS[n].KINDS)
+    unknown = set(args.kinds.split(",")) - set(known)
     if unknown:
-        parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {','.join(KINDS)}")
+        parser.error(
+            f"--kinds: unknown {sorted(unknown)}; with --with {args.worlds or '(none)'} "
+            f"choose from {','.join(known)}"
+        )
     if os.geteuid() != 0:
         print("chaos.py needs root (a small tmpfs for the disk-full fault)", file=sys.stderr)
         return 2
@@ -361,9 +415,11 @@ def main() -> int:
         with (
             world.small_tmpfs(root / "state", 64),
             start_standin(root, slots=world.POOL_CAPS["condor"], tick=0.5) as standin,
+            contextlib.ExitStack() as worlds,
         ):
+            started = tuple(worlds.enter_context(WORLDS[n].World(root, rng)) for n in names)
             socket_path = root / "standin" / "schedd.sock"
-            chaos = Chaos(root, rng, standin, socket_path)
+            chaos = Chaos(root, rng, standin, socket_path, started)
             try:
                 chaos.run(args.faults, deadline, tuple(args.kinds.split(",")))
             except Exception as exc:  # reported with the table, as a violation

@@ -22,11 +22,19 @@ POOL_CHOICES = ("local", "condor", "local,condor")
 
 
 class Workload:
-    def __init__(self, api: Api, gateway: GatewayProcess, rng: random.Random) -> None:
+    def __init__(
+        self,
+        api: Api,
+        gateway: GatewayProcess,
+        rng: random.Random,
+        pool_choices: tuple[str, ...] = POOL_CHOICES,
+    ) -> None:
         self.api = api
+        self.pool_choices = pool_choices
         self.gateway = gateway
         self.rng = rng
         self.clusters: dict[str, dict[str, Any]] = {}  # name -> user, mode, count
+        self.forgotten: dict[str, dict[str, Any]] = {}  # see forget()
         self.stopped_by_users: set[str] = set()
         self.requests = {"ok": 0, "refused": 0, "unavailable": 0}
         self.unexplained: list[str] = []
@@ -66,7 +74,7 @@ class Workload:
 
     # --- actions -------------------------------------------------------------------------
     def start(self, user: str) -> None:
-        options = {"worker_pools": self.rng.choice(POOL_CHOICES)}
+        options = {"worker_pools": self.rng.choice(self.pool_choices)}
         got = self.request(
             "new cluster", "POST", "/api/v1/clusters/", user, {"cluster_options": options}
         )
@@ -168,6 +176,16 @@ class Workload:
             return [self.wrong[-1]]
         return []
 
+    def forget(self, names: list[str]) -> None:
+        """Clusters a fault may have ended (their scheduler's node crashed): no longer used,
+        only stopped at the end (a scheduler pod not started yet at the crash survives it)."""
+        for name in names:
+            if name in self.clusters:
+                self.forgotten[name] = self.clusters.pop(name)
+
     def stop_all(self) -> None:
         for name in list(self.clusters):
             self.stop(name)
+        for name, c in self.forgotten.items():  # a failed one is refused: 409, with a message
+            self.request(f"stop {name}", "DELETE", f"/api/v1/clusters/{name}", c["user"])
+        self.forgotten.clear()

@@ -19,10 +19,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -42,9 +42,41 @@ MAX_CORES = 12  # the VO's cap: schedulers (1 core each) and workers (1 core eac
 POOL_CAPS = {"local": 3, "condor": 5}
 
 
-def gateway_config(socket_path: str, staging: Path) -> str:
-    """The gateway under test: local schedulers, local and HTCondor workers, one capped VO."""
+@dataclass
+class Seen:
+    """What one optional world (``--with``) runs now: schedulers, workers, leftovers."""
+
+    schedulers: set[str] = field(default_factory=set)
+    workers: set[tuple[str, str]] = field(default_factory=set)
+    strays: list[str] = field(default_factory=list)  # processes of no live pod/job
+
+
+class WorkerWorld(Protocol):
+    """A batch system or cluster besides the stand-in (benchmarks/chaos_kube.py, chaos_slurm.py).
+
+    A context manager that starts and stops it; ``config()`` adds its worker pool ``pool``
+    (capped at ``cap``, in the one VO) to the gateway's config; ``inject(kind, during)``
+    injects one of its ``kinds``, calls ``during()`` (a request) while it lasts, and heals
+    it (its note's ``lost``: clusters the fault ends, as a node crash does, which the users
+    then know are gone); ``live()`` reads what runs there, for the invariants.
+    """
+
+    pool: str
+    cap: int
+    kinds: tuple[str, ...]
+
+    def __enter__(self) -> WorkerWorld: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def config(self) -> str: ...
+    def inject(self, kind: str, during: Callable[[], None]) -> dict[str, Any]: ...
+    def live(self) -> Seen: ...
+
+
+def gateway_config(socket_path: str, staging: Path, worlds: Sequence[WorkerWorld] = ()) -> str:
+    """The gateway under test: local schedulers, local and HTCondor workers, one capped VO
+    (plus each ``--with`` world's pool, and its scheduler settings)."""
     bindir = os.path.dirname(sys.executable)
+    extra = "".join(w.config() for w in worlds)
     return f"""
 import sys; sys.path.insert(0, {str(REPO)!r})
 from tests.fakes.schedd.client import StandinSchedd
@@ -73,7 +105,7 @@ c.HTCondorLauncher.environment = {{"PATH": {bindir + ":/usr/bin:/bin"!r}}}
 c.HTCondorLauncher.schedd_timeout = 5
 c.HTCondorLauncher.schedd_factory = lambda: StandinSchedd({socket_path!r})
 c.HTCondorLauncher.worker_host = "127.0.0.1"
-"""
+{extra}"""
 
 
 @dataclass
@@ -122,9 +154,13 @@ class Live:
     local_workers: set[tuple[str, str]]
     jobs: dict[tuple[str, str], int]  # (cluster, worker) -> JobStatus (idle or running)
     stray_job_processes: list[str] = field(default_factory=list)  # of jobs not in the queue
+    pools: dict[str, tuple[int, set[tuple[str, str]]]] = field(default_factory=dict)  # --with
 
     def workers(self) -> set[tuple[str, str]]:
-        return self.local_workers | set(self.jobs)
+        out = self.local_workers | set(self.jobs)
+        for _cap, workers in self.pools.values():
+            out |= workers
+        return out
 
 
 def job_processes(standin_dir: Path) -> dict[int, str]:
@@ -140,7 +176,8 @@ def job_processes(standin_dir: Path) -> dict[int, str]:
     return out
 
 
-def live_objects(clusters_dir: Path, control) -> Live:
+def live_objects(clusters_dir: Path, control, worlds: Sequence[WorkerWorld] = ()) -> Live:
+    """What runs, read from outside; a world that cannot be read (its API down) raises."""
     found = find_processes(str(clusters_dir)) if clusters_dir.is_dir() else []
     leaders = [(c, w) for c, w, leader, _ in found if leader]
     jobs, job_ids = {}, set()
@@ -150,7 +187,7 @@ def live_objects(clusters_dir: Path, control) -> Live:
         if status in (IDLE_JOB, RUNNING_JOB) and "DaskGatewayCluster" in ad:
             jobs[(str(ad["DaskGatewayCluster"]), str(ad["DaskGatewayWorker"]))] = status
     processes = job_processes(Path(control.workdir))
-    return Live(
+    live = Live(
         schedulers={c for c, w in leaders if w is None},
         local_workers={(c, w) for c, w in leaders if w is not None},
         jobs=jobs,
@@ -158,6 +195,12 @@ def live_objects(clusters_dir: Path, control) -> Live:
             f"pid {pid} of job {job}" for pid, job in processes.items() if job not in job_ids
         ],
     )
+    for world in worlds:
+        seen = world.live()
+        live.schedulers |= seen.schedulers
+        live.pools[world.pool] = (world.cap, seen.workers)
+        live.stray_job_processes += seen.strays
+    return live
 
 
 @dataclass
@@ -181,10 +224,12 @@ def overshoot_of(live: Live, records: Records) -> list[str]:
     cores = len(live.schedulers) + len(ours)
     if cores > MAX_CORES:
         out.append(f"VO {VO}: {cores} cores run, max_cores={MAX_CORES}")
-    by_pool = {"local": len(live.local_workers), "condor": len(live.jobs)}
-    for pool, n in by_pool.items():
-        if n > POOL_CAPS[pool]:
-            out.append(f"pool {pool}: {n} workers run, max_workers={POOL_CAPS[pool]}")
+    by_pool = {"local": (POOL_CAPS["local"], len(live.local_workers))}
+    by_pool["condor"] = (POOL_CAPS["condor"], len(live.jobs))
+    by_pool.update({pool: (cap, len(w)) for pool, (cap, w) in live.pools.items()})
+    for pool, (cap, n) in by_pool.items():
+        if n > cap:
+            out.append(f"pool {pool}: {n} workers run, max_workers={cap}")
     return out
 
 

@@ -53,6 +53,7 @@ from .restart import reconcile_after_restart
 from .restarts import RestartGrace
 from .scale_down import PoolOrderScaleDown
 from .scheduler_events import SchedulerEvents
+from .scheduler_watch import watch_schedulers
 from .sqlite_tuning import tune_sqlite
 from .tls_keys import TLSKeys
 from .tls_keys import install as use_prepared_tls_keys
@@ -206,6 +207,7 @@ class ElasticBackend(
         run_periodically(self._loops, self.logs.prune, 60, self.log, "Deleting old logs")
         period, why = self.worker_status_period, "Checking running workers"
         run_periodically(self._loops, self.fates.check_running, period, self.log, why)
+        watch_schedulers(self)
         watch_hub_servers(self)
         bursts = [p.burst_after for p in self.pools.pools if p.burst_after]
         if bursts:

@@ -35,11 +35,21 @@ def choose_running_to_retire(
     return ranked[:k]
 
 
+# A live scheduler accepts within a second; a dead one refuses, and distributed retries a
+# refused connection until its timeout (30 s by default), holding the user's scale request.
+SCHEDULER_CONNECT_TIMEOUT = 10.0
+
+
 async def retire_on_scheduler(cluster, names: list[str], seconds: float) -> None:
-    """Ask the cluster's scheduler to retire these workers (moving their data) and close them."""
+    """Ask the cluster's scheduler to retire these workers (moving their data) and close them.
+
+    The connection gets ``SCHEDULER_CONNECT_TIMEOUT``; the retirement ``seconds``. (A
+    scheduler that died unnoticed, e.g. on a crashed node, held the scale request 30 s.)
+    """
     security = GatewaySecurity(cluster.tls_key.decode(), cluster.tls_cert.decode())
     args = security.get_connection_args("client")
-    async with rpc(cluster.scheduler_address, connection_args=args) as scheduler:
+    timeout = min(SCHEDULER_CONNECT_TIMEOUT, seconds)
+    async with rpc(cluster.scheduler_address, timeout=timeout, connection_args=args) as scheduler:
         await asyncio.wait_for(
             scheduler.retire_workers(names=names, close_workers=True, remove=True), seconds
         )

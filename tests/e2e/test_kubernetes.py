@@ -728,6 +728,34 @@ def test_a_30s_api_server_outage_is_survived(make_k8s):
     wait_for(lambda: k.everything(cluster) == empty, timeout=60, what="nothing left")
 
 
+@local_only
+def test_a_node_crash_fails_its_running_cluster_at_once_not_at_the_heartbeat_timeout(make_k8s):
+    """The process kubelet and its containers die (a node crash) and it restarts: it reports
+    the pods Failed, never runs them again, and the gateway fails the cluster from that."""
+    k = make_k8s(extra="c.ElasticBackend.cluster_heartbeat_timeout = 600\n")
+    cluster = k.gw.new_cluster()
+    cluster.scale(1)
+    wait_for(lambda: workers_of(cluster) == 1, timeout=90, what="1 pod worker")
+    k.kubelet.kill()
+    # The containers die with it; a Nanny's worker process notices its Nanny gone a bit later.
+    wait_for(lambda: k.kubelet.processes() == [], timeout=15, what="the pod processes gone")
+    logged = k.kubelet.log_path.stat().st_size
+    k.kubelet.start()
+    t0 = time.monotonic()
+    details = wait_for(
+        lambda: (d := k.gw.cluster_details(cluster.name))["status"] == "FAILED" and d,
+        timeout=30,
+        what="the cluster failed",
+    )
+    assert time.monotonic() - t0 < 30  # not the 600 s heartbeat timeout
+    assert details["failure_reason"].startswith("the scheduler stopped: pod failed: ")
+    assert "ContainerStatusUnknown, exit code 137" in details["failure_reason"]
+    with open(k.kubelet.log_path, "rb") as log:  # what the restarted kubelet did
+        log.seek(logged)
+        assert b"started dask-scheduler" not in log.read()  # the pod did not run again
+    wait_for(lambda: not k.pods(cluster), timeout=60, what="the cluster's pods deleted")
+
+
 def test_a_profiles_image_runs_scheduler_and_worker_pods(make_k8s):
     """The profile's image, not the launcher's, is in both pod specs on the API server."""
     image = os.environ.get("ELASTIC_GATEWAY_TEST_IMAGE") or "registry.example.org/coffea:2025.1"

@@ -468,6 +468,15 @@ class ControlPlane:
             self._procs["kube-apiserver"].stop(timeout=grace)
             self.timings["apiserver_stop"] = time.monotonic() - t
 
+    def kill_apiserver(self) -> None:
+        """SIGKILL kube-apiserver (a crash: no graceful shutdown); ``start_apiserver`` restarts."""
+        with self._lock:
+            popen = self._procs["kube-apiserver"].popen
+            if popen is not None and popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait(10)
+
     def start_apiserver(self, *, wait: bool = True, timeout: float | None = None) -> None:
         """Start kube-apiserver again with the same arguments, on the same port."""
         with self._lock:

@@ -257,6 +257,7 @@ class ProcessKubelet:
         cp = self.env.cp
         self.root.mkdir(parents=True, exist_ok=True)
         ready = self.root.parent / f"{self.node}.ready"
+        ready.unlink(missing_ok=True)  # a restart: the earlier process's file says nothing
         node_cfg = cp.kubeconfig_for(f"system:node:{self.node}", ["system:nodes"])
         sched_cfg = cp.kubeconfig_for("system:kube-scheduler")
         cmd = [
@@ -304,6 +305,16 @@ class ProcessKubelet:
     def processes(self) -> list[psutil.Process]:
         """Processes running in this kubelet's pod directories (its containers)."""
         return processes_in(self.root)
+
+    def kill(self) -> None:
+        """SIGKILL the kubelet process only (a crash); its containers die with it (PDEATHSIG).
+
+        ``start()`` again runs a new one on the same Node and root: pods whose containers had
+        started are reported Failed (``ContainerStatusUnknown``), never run a second time.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
     def stop(self) -> int:
         """Stop the kubelet and every container process; returns how many had to be killed."""

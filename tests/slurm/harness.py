@@ -237,6 +237,17 @@ class SlurmHarness:
     def resume_controller(self) -> None:
         self.procs["slurmctld"].send_signal(signal.SIGCONT)
 
+    def kill_controller(self) -> None:
+        """SIGKILL slurmctld (a crash): what it had not saved in StateSaveLocation is lost."""
+        ctld = self.procs["slurmctld"]
+        ctld.kill()
+        ctld.wait(10)
+
+    def start_controller(self, timeout: float = 30) -> None:
+        """Start slurmctld again on the same StateSaveLocation: it recovers its jobs there."""
+        self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
+        self._wait(self._controller_answers, timeout, "the restarted slurmctld to answer")
+
     def stop(self) -> None:
         """Stop every job and daemon started here, then remove the directory.
 

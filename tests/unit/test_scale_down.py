@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from types import SimpleNamespace
 
+import pytest
+from dask_gateway_server.tls import new_keypair
+
+from gateway_backend import scale_down
 from gateway_backend.events import EventLog
 from gateway_backend.scale_down import PoolOrderScaleDown, choose_running_to_retire
 
@@ -30,3 +36,20 @@ async def test_heartbeats_reporting_more_than_a_scale_down_in_progress_are_held_
 async def test_heartbeats_of_clusters_without_a_scale_down_pass_unchanged():
     scale = PoolOrderScaleDown([], 60, EventLog(), logging.getLogger("test"))
     assert scale.heartbeat_count("c", 5) == 5
+
+
+async def test_retiring_on_a_dead_scheduler_gives_up_at_the_connect_timeout(monkeypatch):
+    """A scheduler that died unnoticed refuses connections: the user's scale request must not
+    wait distributed's 30 s connect timeout (found by benchmarks/chaos.py kubelet-kill)."""
+    monkeypatch.setattr(scale_down, "SCHEDULER_CONNECT_TIMEOUT", 1.0)
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cert, key = new_keypair("dead")
+    cluster = SimpleNamespace(
+        scheduler_address=f"tls://127.0.0.1:{port}", tls_key=key, tls_cert=cert
+    )
+    t0 = time.monotonic()
+    with pytest.raises(OSError):
+        await scale_down.retire_on_scheduler(cluster, ["w1"], seconds=60)
+    assert time.monotonic() - t0 < 5

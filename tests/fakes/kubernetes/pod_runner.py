@@ -55,6 +55,9 @@ def kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+# A real kubelet's words for a container it can no longer find.
+LOST_MESSAGE = "The container could not be located when the pod was terminated"
+
 # Test-only registry: images under it "cannot be pulled" (every other image is ignored).
 UNPULLABLE = "unpullable.invalid/"
 
@@ -86,6 +89,7 @@ class PodRunner:
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.started_at: dict[str, str] = {}
         self.exits: dict[str, tuple[int, str, str]] = {}  # container -> (code, finished, msg)
+        self.lost: set[str] = set()  # containers that died with an earlier kubelet process
         self.waiting = ("ContainerCreating", "")
         self.start_time = now()
         self.stopping = False
@@ -231,6 +235,8 @@ class PodRunner:
     async def run(self) -> None:
         """Write the pod's files, start its containers and wait for them all to exit."""
         try:
+            if self.lost_to_an_earlier_kubelet():
+                return
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.on_change()
             await self.fail_unpullable_images()
@@ -249,6 +255,26 @@ class PodRunner:
             log.exception("%s: cannot start", self.key)
             self.waiting = ("CreateContainerConfigError", str(exc)[:500])
             self.on_change()
+
+    def lost_to_an_earlier_kubelet(self) -> bool:
+        """Containers an earlier process of this kubelet started died with it (PDEATHSIG).
+
+        Pods never restart here (no restart policies), so, as a kubelet that cannot locate a
+        started container, report each exited with 137 and ``ContainerStatusUnknown``.
+        """
+        containers = (self.pod.get("spec") or {}).get("containers") or []
+        started = [c["name"] for c in containers if (self.dir / f"{c['name']}.log").exists()]
+        if not started:
+            return False
+        for name in started:
+            self.lost.add(name)
+            self.exits[name] = (137, now(), LOST_MESSAGE)
+        for c in containers:  # never started: lost with the pod all the same
+            self.exits.setdefault(c["name"], (137, now(), LOST_MESSAGE))
+            self.lost.add(c["name"])
+        log.info("%s: its containers died with an earlier kubelet process; failed", self.key)
+        self.on_change()
+        return True
 
     async def fail_unpullable_images(self) -> None:
         """A container image under ``UNPULLABLE`` cannot be pulled: ``ErrImagePull``, then

@@ -38,17 +38,20 @@ def pod_status(runner: PodRunner) -> dict[str, Any]:
         }
         if name in runner.exits:
             code, finished, msg = runner.exits[name]
+            proc = runner.procs.get(name)
             term = {
                 "exitCode": code,
                 "reason": "Completed" if code == 0 else "Error",
                 "startedAt": runner.started_at.get(name, finished),
                 "finishedAt": finished,
-                "containerID": f"process://{runner.procs[name].pid}",
             }
+            if proc is not None:
+                term["containerID"] = cs["containerID"] = f"process://{proc.pid}"
+            if name in runner.lost:
+                term["reason"] = "ContainerStatusUnknown"
             if msg:
                 term["message"] = msg
             cs.update(state={"terminated": term}, ready=False, started=False)
-            cs["containerID"] = term["containerID"]
             any_failed = any_failed or code != 0
             all_running = False
         elif name in runner.procs:
