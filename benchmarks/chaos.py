@@ -384,7 +384,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-minutes", type=float, default=90)
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="fault kinds to draw from")
+    parser.add_argument(
+        "--kinds", help="fault kinds to draw from (default: every kind of the worlds chosen)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs)")
     parser.add_argument(
         "--with", dest="worlds", default="", help="also kubernetes and/or slurm (comma list)"
@@ -396,6 +398,7 @@ def main() -> int:
             f"--with: unknown {sorted(set(names) - set(WORLDS))}; choose from {','.join(WORLDS)}"
         )
     known = KINDS + tuple(k for n in names for k in WORLDS[n].KINDS)
+    args.kinds = args.kinds or ",".join(known)
     unknown = set(args.kinds.split(",")) - set(known)
     if unknown:
         parser.error(
