@@ -14,7 +14,10 @@ Faults:
   kubelet's die with it (PR_SET_PDEATHSIG), so this is a node crash: the restarted kubelet
   reports every pod whose containers had started as Failed (exit code 137,
   ``ContainerStatusUnknown``), never runs it again, and the gateway must fail or replace
-  what ran there.
+  what ran there;
+- ``apiserver-pause`` / ``kubelet-pause``: SIGSTOP of kube-apiserver or of the process
+  kubelet for 2-8 s, then SIGCONT (a hung process: connections hang instead of failing;
+  a paused kubelet's containers keep running, it only stops reporting and starting pods).
 
 The truth is the API server's pods of this gateway that are not Succeeded or Failed, and
 the processes in the kubelet's pod directories (one of a pod that is gone or ended is a
@@ -32,10 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.chaos_world import Seen
+from benchmarks.chaos_world import Seen, pause, resume
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("apiserver-kill", "kubelet-kill")
+KINDS = ("apiserver-kill", "kubelet-kill", "apiserver-pause", "kubelet-pause")
 POOL = "pods"
 CAP = 3
 TERMINAL = ("Succeeded", "Failed")
@@ -100,7 +103,21 @@ c.KubernetesLauncher.image = "ignored-by-the-process-kubelet"
 """
 
     def inject(self, kind: str, during: Callable[[], None]) -> dict[str, Any]:
-        """Kill kube-apiserver or the process kubelet, ``during()`` while it is down, restart."""
+        """Kill (then restart) or pause (then resume) kube-apiserver or the process kubelet,
+        ``during()`` while it is away."""
+        if kind in ("apiserver-pause", "kubelet-pause"):
+            pid = (
+                self.env.cp.apiserver_pid() if kind == "apiserver-pause" else self.kubelet.proc.pid
+            )
+            stalled = self.rng.uniform(2, 8)
+            t0 = time.monotonic()
+            pause(pid)
+            try:
+                during()
+                time.sleep(max(0.0, stalled - (time.monotonic() - t0)))
+            finally:
+                resume(pid)
+            return {"stalled s": round(stalled, 1)}
         down = self.rng.uniform(0, 5)
         t0 = time.monotonic()
         if kind == "apiserver-kill":

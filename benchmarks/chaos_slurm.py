@@ -4,9 +4,10 @@ Real Debian ``munged``, ``slurmctld`` and ``slurmd`` on loopback (tests/slurm/ha
 and a gateway worker pool "slurm" submitting to them (schedulers stay where the other
 pools put them).
 
-Fault: ``slurmctld-kill``, SIGKILL of slurmctld, restarted after 0-5 s on the same
-StateSaveLocation; a real slurmctld recovers its jobs from there, and running jobs stay
-with slurmd meanwhile.
+Faults: ``slurmctld-kill``, SIGKILL of slurmctld, restarted after 0-5 s on the same
+StateSaveLocation (a real slurmctld recovers its jobs from there, and running jobs stay
+with slurmd meanwhile); ``slurmctld-pause``, SIGSTOP of slurmctld for 2-8 s, then SIGCONT
+(a hung controller: commands hang instead of failing).
 
 The truth is ``squeue``'s active array tasks named with this gateway's ``gateway_id``
 (mapped to workers by the gateway's batch files, as tests/slurm/fixtures.py does), and the
@@ -31,7 +32,7 @@ from benchmarks.chaos_world import Seen
 from gateway_backend.launchers.slurm.client import job_records
 from gateway_backend.launchers.slurm.script import parse_comment, submitter_id
 
-KINDS = ("slurmctld-kill",)
+KINDS = ("slurmctld-kill", "slurmctld-pause")
 POOL = "slurm"
 CAP = 3
 
@@ -79,7 +80,18 @@ c.SlurmLauncher.worker_host = "127.0.0.1"
 """
 
     def inject(self, kind: str, during: Callable[[], None]) -> dict[str, Any]:
-        """SIGKILL slurmctld, ``during()`` while it is down, restart it on its saved state."""
+        """SIGKILL slurmctld, ``during()`` while it is down, restart it on its saved state;
+        or SIGSTOP it, ``during()`` while it hangs, SIGCONT."""
+        if kind == "slurmctld-pause":
+            stalled = self.rng.uniform(2, 8)
+            t0 = time.monotonic()
+            self.harness.pause_controller()
+            try:
+                during()
+                time.sleep(max(0.0, stalled - (time.monotonic() - t0)))
+            finally:
+                self.harness.resume_controller()
+            return {"stalled s": round(stalled, 1)}
         if kind != "slurmctld-kill":
             raise ValueError(f"not a Slurm fault kind: {kind}")
         down = self.rng.uniform(0, 5)

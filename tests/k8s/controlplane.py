@@ -477,6 +477,14 @@ class ControlPlane:
                     os.killpg(popen.pid, signal.SIGKILL)
                 popen.wait(10)
 
+    def apiserver_pid(self) -> int:
+        """The running kube-apiserver's pid (to pause it: SIGSTOP, a hung API server)."""
+        with self._lock:
+            popen = self._procs["kube-apiserver"].popen
+            if popen is None or popen.poll() is not None:
+                raise RuntimeError("kube-apiserver is not running")
+            return popen.pid
+
     def start_apiserver(self, *, wait: bool = True, timeout: float | None = None) -> None:
         """Start kube-apiserver again with the same arguments, on the same port."""
         with self._lock:
