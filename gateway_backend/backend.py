@@ -49,7 +49,7 @@ from .quotas import holds_resources
 from .record_changes import CountedOnce, RecordChanges
 from .records import create_workers
 from .replacement import FailureBudget, checked_closures, why_lost
-from .restart import reconcile_after_restart
+from .restart import reconcile_after_restart, refuse_to_start_empty_over_running
 from .restarts import RestartGrace
 from .scale_down import PoolOrderScaleDown
 from .scheduler_events import SchedulerEvents
@@ -203,6 +203,12 @@ class ElasticBackend(
     async def do_setup(self) -> None:
         """After a restart: remove what runs without a record, fail records without a process."""
         tune_sqlite(self.db.db, self.sqlite_synchronous)  # upstream just opened it
+        # No record at all: a first start, or records lost. (An in-memory database loses
+        # them at every restart by design: there, what runs is removed as before.)
+        if not self.db.name_to_cluster and ":memory:" not in self.db_url:
+            await refuse_to_start_empty_over_running(
+                self.launchers, self.known_records(), self.db_url
+            )
         self.record_changes.watch(self.db)
         run_periodically(self._loops, self.logs.prune, 60, self.log, "Deleting old logs")
         period, why = self.worker_status_period, "Checking running workers"

@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from dask_gateway_server.backends.db_base import JobStatus
+from sqlalchemy.engine import make_url
+
+from .state_db import RECOVERY, StateDatabaseError
 
 if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster
@@ -18,6 +21,32 @@ if TYPE_CHECKING:
     from .events import EventLog
     from .launchers.base import KnownRecords, Launcher
     from .pools import PoolBook
+
+
+async def refuse_to_start_empty_over_running(
+    launchers: Sequence[Launcher], known: KnownRecords, db_url: str
+) -> None:
+    """A database without any cluster record must not remove what this gateway runs.
+
+    That is a first start, or a database emptied, deleted or replaced by another; in the
+    latter cases everything the launchers find for this gateway is a running cluster
+    whose record was lost, and ``remove_unknown`` would stop them all. Refuse instead,
+    naming what runs and the fix. (``elastic-gateway serve`` checks its local processes
+    before this; this check covers every launcher and every way of running the gateway.)
+    """
+    found: dict[str, int] = {}
+    for launcher in launchers:
+        found[launcher.kind] = found.get(launcher.kind, 0) + await launcher.count_unknown(known)
+    running = {kind: n for kind, n in found.items() if n}
+    if running:
+        what = ", ".join(f"{n} {kind}" for kind, n in running.items())
+        where = make_url(db_url).render_as_string(hide_password=True)
+        raise StateDatabaseError(
+            f"the state database {where} has no cluster record, but this gateway's launchers "
+            f"still run things for it ({what}: schedulers, workers, pods or jobs): starting "
+            "would stop them as unknown. Restore the database from a copy, or remove them "
+            f"(or give this gateway another gateway_id); {RECOVERY}"
+        )
 
 
 async def reconcile_after_restart(

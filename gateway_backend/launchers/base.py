@@ -159,6 +159,10 @@ class Launcher(LoggingConfigurable):
     ``remove_unknown(known)``
         Once after a restart: remove what runs for this gateway without a
         record in ``known``; returns how many things were removed.
+    ``count_unknown(known)``
+        Once at a start from a database without any cluster record (a first
+        start, or an emptied or replaced database): how many things run for
+        this gateway without a record in ``known``, changing nothing. Default: 0.
     ``reachability_hint(address)``
         When the scheduler cannot connect back to one of this launcher's
         workers: the setting or firewall rule to change, for the event.
@@ -228,6 +232,14 @@ class Launcher(LoggingConfigurable):
 
     async def remove_unknown(self, known: KnownRecords) -> int:
         """Remove what this launcher runs for this gateway without a record in ``known``."""
+        return 0
+
+    async def count_unknown(self, known: KnownRecords) -> int:
+        """How many things run for this gateway without a record in ``known``; no change.
+
+        Asked only when the database holds no cluster record at all, where
+        ``remove_unknown`` would remove everything this gateway runs.
+        """
         return 0
 
     # -- logs -------------------------------------------------------------------

@@ -439,6 +439,15 @@ class HTCondorLauncher(HTCondorSettings, Launcher):
                 out.append(Check(Phase.FAILED, f"the job ended{ended}" + self._why(w)))
         return out
 
+    async def count_unknown(self, known: KnownRecords) -> int:
+        """Jobs of this gateway in the queue whose worker has no record in ``known``."""
+        try:
+            await self._query_all(time.time())
+        except LauncherUnavailable as exc:
+            self.log.warning("Cannot count HTCondor jobs now (%s)", exc)
+            return 0
+        return sum(1 for job in self.jobs.values() if job.worker not in known.workers)
+
     async def remove_unknown(self, known: KnownRecords) -> int:
         """``refresh`` removes jobs without records; run it now instead of a period later."""
         try:

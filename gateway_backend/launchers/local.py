@@ -439,6 +439,13 @@ class LocalLauncher(LocalSettings, LocalLogs, Launcher):
             out.append(Check(Phase.FAILED, with_log(why, self.log_tail(w.cluster, w.state))))
         return out
 
+    async def count_unknown(self, known: KnownRecords) -> int:
+        """Scheduler and worker processes (group leaders) of clusters not in ``known``."""
+        if not os.path.isdir(self.work_directory):
+            return 0
+        found = await asyncio.to_thread(find_processes, self.work_directory)
+        return sum(1 for c, _w, leader, _s in found if leader and c not in known.clusters)
+
     async def remove_unknown(self, known: KnownRecords) -> int:
         """Stop processes of clusters or workers without a record in ``known``.
 

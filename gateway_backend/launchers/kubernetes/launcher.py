@@ -404,6 +404,20 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
         )
 
     # -- reconciliation ----------------------------------------------------------------------------
+    async def count_unknown(self, known: KnownRecords) -> int:
+        """Pods of this gateway, not being deleted, whose cluster has no record in ``known``."""
+        try:
+            await asyncio.wait_for(self.cache.synced.wait(), self.startup_sync_timeout)
+        except TimeoutError:
+            return 0  # no pod list yet: nothing is removed until there is one either
+        return sum(
+            1
+            for pod in list(self.cache.pods.values())
+            if not (pod.get("metadata") or {}).get("deletionTimestamp")
+            and ((pod.get("metadata") or {}).get("labels") or {}).get(CLUSTER_LABEL)
+            not in known.clusters
+        )
+
     async def remove_unknown(self, known: KnownRecords) -> int:
         """After a restart: delete pods of this gateway whose cluster or worker has no record."""
         try:

@@ -396,6 +396,18 @@ class SlurmLauncher(SlurmSettings, Launcher):
                 )
         return out
 
+    async def count_unknown(self, known: KnownRecords) -> int:
+        """Active jobs (array tasks) of this gateway in ``squeue``."""
+        try:
+            records = await self.client.jobs(self.gateway_id)
+        except LauncherUnavailable as exc:
+            self.log.warning("Cannot count Slurm jobs now (%s)", exc)
+            return 0
+        # With no record at all, every active task of this gateway would be cancelled.
+        return sum(
+            1 for r in records if r.active and parse_comment(r.comment, self.submitter) is not None
+        )
+
     async def remove_unknown(self, known: KnownRecords) -> int:
         """``refresh`` cancels jobs without records; run it now instead of a period later."""
         self.renew_leases(known.clusters)
