@@ -226,6 +226,7 @@ class Chaos:
         how = self.rng.choice(["empty", "schema page", "not a database"])
         self.gateway.kill()
         world.checkpoint(self.db)  # else the log may hold a good copy of the damaged page
+        records = world.read_records(self.db)
         groups_before = self.live()
         backup = self.state_dir.parent / "db-backup"
         backup.mkdir(exist_ok=True)
@@ -243,8 +244,15 @@ class Chaos:
         elif str(self.db) not in log:
             self.violations.append(f"db-corrupt ({how}): refusal does not name {self.db}:\n{log}")
         after = self.live()
-        if after.schedulers != groups_before.schedulers:
-            self.violations.append(f"db-corrupt ({how}): clusters were stopped by the refusal")
+        # Only clusters the database meant to keep running: a pod of a cluster being stopped
+        # (its deletion's grace period) or of one a node crash ended may go meanwhile.
+        meant = {n for n, r in records.clusters.items() if r["target"] == world.RUNNING}
+        meant -= set(self.load.forgotten)
+        gone = (groups_before.schedulers - after.schedulers) & meant
+        if gone:
+            self.violations.append(
+                f"db-corrupt ({how}): clusters were stopped by the refusal: {sorted(gone)}"
+            )
         for f in world.db_files(self.db):  # the recovery: put the copy back
             f.unlink()
         for f in backup.iterdir():

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -691,6 +692,39 @@ def test_a_missing_permission_fails_with_a_message_naming_it(make_k8s):
     )
     assert "deploy/rbac.yaml" in log
     wait_for(lambda: k.ns.names("pods") == set(), what="the scheduler pod removed")
+
+
+def test_an_emptied_database_is_refused_and_leaves_the_pods_of_running_clusters(make_k8s):
+    """Before: the gateway started on the empty file and deleted every pod as unknown."""
+    k = make_k8s()
+    cluster = k.gw.new_cluster(shutdown_on_close=False)
+    cluster.scale(1)
+    wait_for(lambda: workers_of(cluster) == 1, timeout=90, what="a pod worker")
+    name = cluster.name
+    pods = {p["metadata"]["name"] for p in k.pods(cluster)}
+    cluster.close()
+    k.gw.close()
+    k.gateway.kill()
+    state = k.gateway.state_dir
+    saved = {f.name: f.read_bytes() for f in state.glob("gateway.sqlite*")}
+    (state / "gateway.sqlite").write_bytes(b"")  # a restore gone wrong
+    for extra in state.glob("gateway.sqlite-*"):
+        extra.unlink()
+
+    with pytest.raises(RuntimeError, match="gateway exited"):
+        k.gateway.start(timeout=60)
+    log = k.gateway.log_tail(200)
+    assert "has no cluster record, but this gateway's launchers still run things" in log
+    assert re.search(r"\(\d+ kubernetes:", log)  # the scheduler's pod and the worker's
+    assert {p["metadata"]["name"] for p in k.pods()} == pods
+
+    for file_name, data in saved.items():  # the recovery: put the copy back
+        (state / file_name).write_bytes(data)
+    k.gateway.start()
+    k.gw = k.gateways.client(k.gateway)
+    cluster = k.gw.connect(name)
+    wait_for(lambda: workers_of(cluster) == 1, timeout=60, what="the adopted worker")
+    cluster.shutdown()
 
 
 # Last: after an outage the controller manager needs a while to catch up (new namespaces
