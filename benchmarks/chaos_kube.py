@@ -29,13 +29,12 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.chaos_world import Seen, pause, resume
+from benchmarks.chaos_world import Seen, fault_window, pause, resume
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("apiserver-kill", "kubelet-kill", "apiserver-pause", "kubelet-pause")
@@ -110,32 +109,15 @@ c.KubernetesLauncher.image = "ignored-by-the-process-kubelet"
                 self.env.cp.apiserver_pid() if kind == "apiserver-pause" else self.kubelet.proc.pid
             )
             stalled = self.rng.uniform(2, 8)
-            t0 = time.monotonic()
-            pause(pid)
-            try:
-                during()
-                time.sleep(max(0.0, stalled - (time.monotonic() - t0)))
-            finally:
-                resume(pid)
+            fault_window(stalled, lambda: pause(pid), lambda: resume(pid), during)
             return {"stalled s": round(stalled, 1)}
         down = self.rng.uniform(0, 5)
-        t0 = time.monotonic()
         if kind == "apiserver-kill":
-            self.env.cp.kill_apiserver()
-            try:
-                during()
-                time.sleep(max(0.0, down - (time.monotonic() - t0)))
-            finally:
-                self.env.cp.start_apiserver()
+            fault_window(down, self.env.cp.kill_apiserver, self.env.cp.start_apiserver, during)
         elif kind == "kubelet-kill":
             pods = len(self.kubelet.processes())
             lost = sorted(self.live().schedulers)  # every scheduler runs on this one Node
-            self.kubelet.kill()
-            try:
-                during()
-                time.sleep(max(0.0, down - (time.monotonic() - t0)))
-            finally:
-                self.kubelet.start()
+            fault_window(down, self.kubelet.kill, self.kubelet.start, during)
             return {"down s": round(down, 1), "pod processes": pods, "lost": lost}
         else:
             raise ValueError(f"not a kubernetes fault kind: {kind}")

@@ -22,13 +22,12 @@ import os
 import random
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.chaos_world import Seen
+from benchmarks.chaos_world import Seen, fault_window
 from gateway_backend.launchers.slurm.client import job_records
 from gateway_backend.launchers.slurm.script import parse_comment, submitter_id
 
@@ -82,26 +81,15 @@ c.SlurmLauncher.worker_host = "127.0.0.1"
     def inject(self, kind: str, during: Callable[[], None]) -> dict[str, Any]:
         """SIGKILL slurmctld, ``during()`` while it is down, restart it on its saved state;
         or SIGSTOP it, ``during()`` while it hangs, SIGCONT."""
+        h = self.harness
         if kind == "slurmctld-pause":
             stalled = self.rng.uniform(2, 8)
-            t0 = time.monotonic()
-            self.harness.pause_controller()
-            try:
-                during()
-                time.sleep(max(0.0, stalled - (time.monotonic() - t0)))
-            finally:
-                self.harness.resume_controller()
+            fault_window(stalled, h.pause_controller, h.resume_controller, during)
             return {"stalled s": round(stalled, 1)}
         if kind != "slurmctld-kill":
             raise ValueError(f"not a Slurm fault kind: {kind}")
         down = self.rng.uniform(0, 5)
-        t0 = time.monotonic()
-        self.harness.kill_controller()
-        try:
-            during()
-            time.sleep(max(0.0, down - (time.monotonic() - t0)))
-        finally:
-            self.harness.start_controller()
+        fault_window(down, h.kill_controller, h.start_controller, during)
         return {"down s": round(down, 1)}
 
     def live(self) -> Seen:

@@ -351,6 +351,20 @@ def stalled_port(port: int) -> Iterator[None]:
         subprocess.run(["iptables", "-w", "-D", *rule], check=False, capture_output=True)
 
 
+def fault_window(
+    seconds: float, fault: Callable[[], None], heal: Callable[[], None], during: Callable[[], None]
+) -> None:
+    """``fault()``, ``during()`` while it lasts, until ``seconds`` after the fault, ``heal()``
+    (healed even when ``during`` fails)."""
+    t0 = time.monotonic()
+    fault()
+    try:
+        during()
+        time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+    finally:
+        heal()
+
+
 def pause(pid: int) -> None:
     os.kill(pid, signal.SIGSTOP)
 
