@@ -233,8 +233,12 @@ class LocalLauncher(LocalSettings, LocalLogs, Launcher):
                 del self._children[pid]
 
     async def _terminate(self, states: Sequence[dict[str, Any]]) -> None:
-        """SIGTERM a set of process groups, then SIGKILL whatever outlives the grace period."""
-        alive = [s for s in states if process_alive(s)]
+        """SIGTERM a set of process groups, then SIGKILL whatever outlives the grace period.
+
+        A group whose leader has already exited (a Nanny gone before its forked
+        worker) is still waited for: its resources are free only when all of it is.
+        """
+        alive = [s for s in states if process_alive(s) or group_alive(s["pid"])]
         for state in alive:
             signal_group(state["pid"], signal.SIGTERM)
         deadline = asyncio.get_running_loop().time() + self.stop_grace_period

@@ -26,6 +26,7 @@ from gateway_backend.config import ConfigError
 from gateway_backend.launchers import Check, ClusterFacts, Phase
 from gateway_backend.launchers.local import LocalLauncher
 from gateway_backend.launchers.local_isolation import UserRefused, resolve_account
+from gateway_backend.launchers.local_processes import group_alive
 from gateway_backend.launchers.staging import write_credentials
 from tests.support_launchers import known, launcher_context
 
@@ -213,6 +214,39 @@ def test_a_scheduler_that_exits_is_reported_with_its_exit_code_and_last_words(wo
             assert check == Check(Phase.FAILED, why)
         finally:
             await launcher.stop_scheduler(cluster)
+            await launcher.cleanup()
+
+    asyncio.run(scenario())
+
+
+# The leader exits at once; the child it forked ignores SIGTERM and lingers 1.5 s.
+LEADER_EXITS_FIRST = [
+    sys.executable,
+    "-c",
+    "import os, signal, time\n"
+    "if os.fork() == 0:\n"
+    "    signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(1.5); os._exit(0)\n"
+    "time.sleep(0.3); os._exit(1)",
+]
+
+
+def test_stopping_a_worker_whose_leader_exited_waits_for_the_rest_of_its_group(work):
+    async def scenario():
+        launcher = await started_launcher(work, fork_server=False)
+        try:
+            cluster = make_cluster(worker_cmd=LEADER_EXITS_FIRST)
+            [worker] = make_workers(cluster, 1)
+            [worker.state] = await launcher.start_workers(cluster, [worker], FACTS)
+            for _ in range(100):  # bounded: until the leader has gone
+                [check] = await launcher.check_workers([worker])
+                if not check.alive:
+                    break
+                await asyncio.sleep(0.05)
+            assert check.phase == Phase.FAILED
+            assert group_alive(worker.state["pid"])  # its child still holds the resources
+            await launcher.stop_workers([worker])
+            assert not group_alive(worker.state["pid"])
+        finally:
             await launcher.cleanup()
 
     asyncio.run(scenario())
