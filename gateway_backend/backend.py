@@ -55,6 +55,7 @@ from .scale_down import PoolOrderScaleDown
 from .scheduler_events import SchedulerEvents
 from .scheduler_watch import watch_schedulers
 from .sqlite_tuning import tune_sqlite
+from .state_db import in_memory_sqlite
 from .tls_keys import TLSKeys
 from .tls_keys import install as use_prepared_tls_keys
 from .views import GatewayViews
@@ -205,7 +206,7 @@ class ElasticBackend(
         tune_sqlite(self.db.db, self.sqlite_synchronous)  # upstream just opened it
         # No record at all: a first start, or records lost. (An in-memory database loses
         # them at every restart by design: there, what runs is removed as before.)
-        if not self.db.name_to_cluster and ":memory:" not in self.db_url:
+        if not self.db.name_to_cluster and not in_memory_sqlite(self.db_url):
             await refuse_to_start_empty_over_running(
                 self.launchers, self.known_records(), self.db_url
             )

@@ -45,6 +45,14 @@ def sqlite_file(db_url: str) -> Path | None:
     return Path(url.database)
 
 
+def in_memory_sqlite(db_url: str) -> bool:
+    """True for an in-memory SQLite URL, whose records every restart loses by design."""
+    url = sa.engine.make_url(db_url)
+    if url.get_backend_name() != "sqlite":
+        return False
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
 def check_state_database(
     path: Path, live_cluster_processes: int = 0, lock_timeout: float = 10.0
 ) -> None:

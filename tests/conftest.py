@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
 import urllib.error
 import urllib.request
+import warnings
 from base64 import b64encode
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from dask_gateway import BasicAuth
+from dask_gateway.client import GatewayCluster
 
 from client_ext import ElasticGateway
 from gateway_backend.embedded import GatewayProcess
@@ -106,6 +109,32 @@ class Gateways:
             if leftovers:
                 leaks.append(f"{leftovers} processes left in {gateway.state_dir}")
         return leaks
+
+
+@pytest.fixture(autouse=True)
+def no_cluster_client_outlives_its_test(request) -> Iterator[None]:
+    """Close the cluster clients a test left open, and name the test that did.
+
+    Left alone, dask_gateway closes them when the interpreter exits, asking gateways
+    that are long gone to stop them: a connection error trace after the summary. A
+    failed test's traceback keeps its cluster alive; only passing tests are named.
+    """
+    yield
+    if GatewayCluster._instances:
+        gc.collect()  # those only a reference cycle kept
+    for cluster in list(GatewayCluster._instances):
+        if not cluster.asynchronous:
+            cluster.close(shutdown=False)  # its gateway was stopped at teardown
+        if getattr(request.node, "passed_call", False):
+            warnings.warn(f"{request.node.nodeid} left cluster {cluster.name} open", stacklevel=1)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.passed_call = report.passed
+    return report
 
 
 @pytest.fixture

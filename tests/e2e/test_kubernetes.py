@@ -377,8 +377,10 @@ def test_unschedulable_pods_are_pending_with_the_reason_and_scaled_down_first(ma
     running = {w["name"] for w in cluster.scheduler_info["workers"].values()}
 
     def pending_reasons():
+        # Until the Kubernetes scheduler has tried a pod, its reason is that it waits for it.
         reasons = k.gw.cluster_details(cluster.name)["pools"]["pods"]["pending_reasons"]
-        return reasons if len(reasons) == 2 else None
+        tried = len(reasons) == 2 and "waiting for the Kubernetes scheduler" not in reasons
+        return reasons if tried else None
 
     reasons = wait_for(pending_reasons, what="2 pending reasons in the cluster details")
     assert reasons == ["unschedulable: 0/1 nodes are available: 1 Insufficient cpu."] * 2

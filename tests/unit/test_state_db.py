@@ -25,6 +25,7 @@ from gateway_backend.state_db import (
     EXIT_STORAGE_FAILURE,
     StateDatabaseError,
     check_state_database,
+    in_memory_sqlite,
     sqlite_file,
 )
 
@@ -124,6 +125,21 @@ def test_only_sqlite_files_are_checked():
     assert sqlite_file("sqlite:////var/lib/gw/gateway.sqlite") == Path("/var/lib/gw/gateway.sqlite")
     assert sqlite_file("sqlite:///:memory:") is None
     assert sqlite_file("postgresql://gw@db/gateway") is None
+
+
+@pytest.mark.parametrize(
+    "url, in_memory",
+    [
+        ("sqlite:///:memory:", True),
+        ("sqlite://", True),
+        ("sqlite:///file:records?mode=memory&uri=true", True),
+        ("sqlite:////var/lib/gw/memory.sqlite", False),  # a file that only has it in its name
+        ("sqlite:////tmp/:memory:/gateway.sqlite", False),
+        ("postgresql://gw@db/gateway", False),
+    ],
+)
+def test_only_in_memory_sqlite_loses_its_records_by_design(url, in_memory):
+    assert in_memory_sqlite(url) is in_memory
 
 
 def test_a_full_disk_during_a_write_ends_the_process_naming_the_file_and_keeps_the_records(
