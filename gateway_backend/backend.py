@@ -10,7 +10,6 @@ launchers see a ``LauncherContext``, never this class.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -34,7 +33,6 @@ from .launchers import (
     KnownRecords,
     Launcher,
     LauncherContext,
-    LauncherUnavailable,
     Phase,
 )
 from .launchers.loading import LauncherSpec, build_launchers, scheduler_spec
@@ -47,7 +45,6 @@ from .profile_book import ProfileBook
 from .quota_book import QuotaBook
 from .quotas import holds_resources
 from .record_changes import CountedOnce, RecordChanges
-from .records import create_workers
 from .replacement import FailureBudget, checked_closures, why_lost
 from .restart import reconcile_after_restart, refuse_to_start_empty_over_running
 from .restarts import RestartGrace
@@ -61,10 +58,16 @@ from .tls_keys import install as use_prepared_tls_keys
 from .views import GatewayViews
 from .worker_fates import WorkerFates
 from .worker_logs import LogKeeper
+from .worker_starts import WorkerStarts
 
 
 class ElasticBackend(
-    ClusterRequests, SchedulerEvents, PendingBursts, ElasticSettings, DBBackendBase
+    ClusterRequests,
+    SchedulerEvents,
+    WorkerStarts,
+    PendingBursts,
+    ElasticSettings,
+    DBBackendBase,
 ):
     """Schedulers and workers on launchers (local, Kubernetes, HTCondor), workers in pools."""
 
@@ -147,6 +150,8 @@ class ElasticBackend(
         self.worker_conditions: dict[str, Check] = {}
         # Clusters with fewer workers than requested (pools full, VO quota), in request order.
         self._waiting: dict[str, None] = {}
+        # Workers whose start call is still running (a stop waits for it: _worker_to_stopped).
+        self._starting: set[str] = set()
         self._restarts = RestartGrace(self.worker_restart_grace)
         self._budget = FailureBudget(
             self.worker_failure_budget,
@@ -347,62 +352,17 @@ class ElasticBackend(
             else:
                 self._waiting.pop(name, None)
 
-    async def _start_batch(self, cluster: Cluster, pool: WorkerPool, n: int) -> None:
-        workers = create_workers(self.db, cluster, pool.name, n)
-        self.record_changes.bump()  # written past DataManager's methods
-        self.log.info("Starting %d workers for cluster %s in pool %s", n, cluster.name, pool.name)
-        try:
-            async with asyncio.timeout(self.worker_start_timeout):
-                states = await pool.launcher.start_workers(cluster, workers, self.facts_of(cluster))
-        except asyncio.CancelledError:
-            raise
-        except LauncherUnavailable as exc:
-            # The pool's service is down, not the workers' fault: retry, do not count.
-            self.events.add(
-                cluster.name,
-                f"pool {pool.name} is unavailable ({exc}); retrying in "
-                f"{self.launcher_retry_delay:g}s",
-                "warning",
-            )
-            stopped = {
-                "status": JobStatus.SUBMITTED,
-                "target": JobStatus.STOPPED,
-                "close_expected": True,
-            }
-            self.db.update_workers([(w, dict(stopped)) for w in workers])
-            for w in workers:
-                self.queue.put(w)
-            self.queue.put_after(cluster, self.launcher_retry_delay)
-            return
-        except Exception as exc:
-            reason = f"pool {pool.name} could not start {n} worker(s): {exc}"
-            self.log.warning("Cluster %s: %s", cluster.name, reason, exc_info=exc)
-            self._record_worker_failure(cluster, reason)
-            self.db.update_workers(
-                [(w, {"status": JobStatus.SUBMITTED, "target": JobStatus.FAILED}) for w in workers]
-            )
-            for w in workers:
-                self.queue.put(w)
-            return
-        updates, stopped_meanwhile = [], []
-        for worker, state in zip(workers, states, strict=True):
-            state = {"pool": pool.name, **state}
-            if worker.status >= JobStatus.STOPPED:
-                # Scaled down while we were submitting: record, then stop it below.
-                stopped_meanwhile.append(worker)
-                updates.append((worker, {"state": state}))
-            else:
-                updates.append((worker, {"state": state, "status": JobStatus.SUBMITTED}))
-        self.db.update_workers(updates)
-        if stopped_meanwhile:
-            await pool.launcher.stop_workers(stopped_meanwhile)
-
     def _record_worker_failure(self, cluster: Cluster, reason: str) -> None:
         """Remember why a worker failed (its loss counts when it stops: ``FailureBudget``)."""
         self.events.add(cluster.name, reason, "error")
         self.db.update_cluster(cluster, state={**cluster.state, "last_worker_failure": reason})
 
     async def _worker_to_stopped(self, worker: Worker) -> None:
+        if self.start_in_flight(worker):
+            # Scaled away while its process, job or pod is being started: _start_batch
+            # queues it again when the start returns, to stop what it made. Marked stopped
+            # now, its cores would count free while it still starts.
+            return
         cluster = worker.cluster
         if worker.target == JobStatus.FAILED and cluster.target == JobStatus.RUNNING:
             check = self.worker_conditions.get(worker.name)

@@ -197,9 +197,11 @@ def holds_resources(worker) -> bool:
 
     A worker told to stop keeps its cores until its process, job or pod has
     ended; freeing them earlier would let another worker start in their place
-    while both still run. Waiting clusters are woken when it has stopped.
+    while both still run. That holds for one scaled down while its start is
+    still running too (status CREATED): its stop waits for the start.
+    Waiting clusters are woken when it has stopped.
     """
-    return worker.is_active() or JobStatus.CREATED < worker.status < JobStatus.STOPPED
+    return worker.is_active() or worker.status < JobStatus.STOPPED
 
 
 def cluster_usage(cluster) -> tuple[float, int, int, int]:

@@ -3,6 +3,7 @@ and the ``LauncherContext`` a launcher gets when a test runs it without a gatewa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from traitlets import Bool, Float
@@ -25,6 +26,19 @@ class SlowLocalLauncher(LocalLauncher):
         if name.startswith("worker-"):
             cmd = ["sh", "-c", 'sleep "$0"; exec "$@"', str(self.start_delay), *cmd]
         return super()._spawn(cluster, cmd, env, name)
+
+
+class SlowSubmitLocalLauncher(LocalLauncher):
+    """Local workers whose start call takes ``submit_delay`` seconds: a slow submission
+    (a busy schedd, an API server under load) that a scale-down can overtake."""
+
+    kind = "slow-submit-local"
+
+    submit_delay = Float(3.0, help="Seconds each start_workers call takes.", config=True)
+
+    async def start_workers(self, cluster, workers, facts):
+        await asyncio.sleep(self.submit_delay)
+        return await super().start_workers(cluster, workers, facts)
 
 
 def known(clusters: Iterable[str] = (), workers: Iterable[str] = ()) -> KnownRecords:

@@ -228,3 +228,16 @@ def test_a_scheduler_killed_from_outside_fails_its_cluster_with_the_reason(gw, g
     assert details["failure_reason"].startswith("the scheduler stopped: the scheduler process")
     assert any(e["message"] == details["failure_reason"] for e in details["events"])
     cluster.close(shutdown=False)
+
+
+def test_scheduler_and_workers_tick_at_the_clusters_tick_interval(gw):
+    # distributed's own 20 ms tick was most of an idle cluster's CPU (ElasticClusterConfig).
+    with gw.new_cluster() as cluster:
+        cluster.scale(1)
+        wait_for(lambda: workers_of(cluster) == 1, what="a worker")
+        with cluster.get_client(set_as_default=False) as client:
+            assert (
+                client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval) == 0.5
+            )
+            ticks = client.run(lambda dask_worker: dask_worker._tick_interval)
+            assert list(ticks.values()) == [0.5]

@@ -6,6 +6,7 @@ import base64
 import threading
 import urllib.request
 import warnings
+from pathlib import Path
 
 import pytest
 from dask_gateway import GatewayWarning
@@ -13,6 +14,9 @@ from dask_gateway import GatewayWarning
 from ..conftest import http, process_groups, wait_for, workers_of
 
 pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SLOW_SUBMIT = "tests.support_launchers.SlowSubmitLocalLauncher"
 
 # Users get groups from this authenticator (defined in the gateway's config file).
 GROUPS_AUTH = """
@@ -241,3 +245,48 @@ def test_quota_messages_do_not_warn_when_the_request_fits(gateways):
         cluster.shutdown()
     finally:
         alice.close()
+
+
+def test_a_worker_scaled_away_while_it_is_submitted_holds_its_cores_until_it_has_stopped(
+    gateways,
+):
+    # 3 cores: two schedulers and one worker. u0's worker is scaled away during its 3 s
+    # submission; u1 may have the core only once u0's worker has been started and stopped.
+    gateway = start(
+        gateways,
+        '{"cms": {"groups": ["cms"], "max_cores": 3}}',
+        'GroupsAuthenticator.user_groups = {"u0": ["cms"], "u1": ["cms"]}\n'
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        f'c.ElasticBackend.worker_pools = {{"local": {{"launcher": "{SLOW_SUBMIT}"}}}}\n'
+        "c.SlowSubmitLocalLauncher.submit_delay = 3\n",
+    )
+    names = {}
+    for user in ("u0", "u1"):
+        status, body = http(gateway, "POST", "/api/v1/clusters/", {}, user)
+        assert status == 201
+        names[user] = body["name"]
+
+    def usage():
+        return http(gateway, "GET", "/api/elastic/v1/quota", username="u0")[1]["vos"]["cms"]
+
+    def pool_of(user):
+        path = f"/api/elastic/v1/clusters/{names[user]}"
+        return http(gateway, "GET", path, username=user)[1]["pools"]["local"]
+
+    for user, name in names.items():
+        wait_for(
+            lambda u=user, n=name: (
+                http(gateway, "GET", f"/api/v1/clusters/{n}", username=u)[1]["status"] == "RUNNING"
+            ),
+            what="clusters running",
+        )
+    scale = "/api/v1/clusters/{}/scale"
+    assert http(gateway, "POST", scale.format(names["u0"]), {"count": 1}, "u0")[0] == 200
+    wait_for(lambda: usage()["usage"]["workers"] == 1, what="u0's worker being submitted")
+    assert http(gateway, "POST", scale.format(names["u0"]), {"count": 0}, "u0")[0] == 200
+    assert usage()["usage"]["workers"] == 1  # its submission has not returned yet
+    status, body = http(gateway, "POST", scale.format(names["u1"]), {"count": 1}, "u1")
+    assert status == 200 and "granted 0 of 1 workers now" in body["msg"], body
+    wait_for(lambda: pool_of("u1")["running"] == 1, timeout=30, what="u1's worker")
+    assert pool_of("u0")["running"] == 0
+    assert len(process_groups(gateway)) == 2 + 1

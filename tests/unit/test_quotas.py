@@ -142,9 +142,17 @@ def test_usage_counts_schedulers_and_active_workers_per_vo():
 def test_a_stopping_worker_counts_until_it_has_stopped():
     # Told to stop (target STOPPED) while still running: its cores are not free yet.
     stopping = SimpleNamespace(is_active=lambda: False, status=JobStatus.RUNNING)
-    never_started = SimpleNamespace(is_active=lambda: False, status=JobStatus.CREATED)
+    stopped = SimpleNamespace(is_active=lambda: False, status=JobStatus.STOPPED)
     c = cluster("cms")
-    c.workers |= {"stopping": stopping, "never-started": never_started}
+    c.workers |= {"stopping": stopping, "stopped": stopped}
+    assert vo_usage([c])["cms"].workers == 1
+
+
+def test_a_worker_told_to_stop_during_its_submission_counts_until_it_has_stopped():
+    # Status CREATED while its start call runs; it is stopped after that call returns.
+    submitting = SimpleNamespace(is_active=lambda: False, status=JobStatus.CREATED)
+    c = cluster("cms")
+    c.workers |= {"submitting": submitting}
     assert vo_usage([c])["cms"].workers == 1
 
 
