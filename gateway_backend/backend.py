@@ -123,13 +123,24 @@ class ElasticBackend(
         )
 
     def known_records(self) -> KnownRecords:
-        """Clusters and workers not stopped yet: what launchers reconcile against."""
+        """Clusters and workers not stopped yet: what launchers reconcile against.
+
+        A worker told to stop before its start was recorded (status CREATED), and not
+        starting now, has nothing of its own left to stop: whatever a start made for it
+        (the gateway died during the call) is a stray.
+        """
         clusters = [c for c in self.db.name_to_cluster.values() if c.status < JobStatus.STOPPED]
         workers = (w for c in clusters for w in c.workers.values())
         return KnownRecords(
             frozenset(c.name for c in clusters),
-            frozenset(w.name for w in workers if w.status < JobStatus.STOPPED),
+            frozenset(w.name for w in workers if self._still_to_run_or_stop(w)),
         )
+
+    def _still_to_run_or_stop(self, worker: Worker) -> bool:
+        if worker.status >= JobStatus.STOPPED:
+            return False
+        unrecorded = worker.status == JobStatus.CREATED and worker.target >= JobStatus.STOPPED
+        return not unrecorded or self.start_in_flight(worker)
 
     async def setup(self, app) -> None:
         self._started_launchers: list[Launcher] = []  # released in reverse on shutdown

@@ -36,9 +36,15 @@ class SlowSubmitLocalLauncher(LocalLauncher):
 
     submit_delay = Float(3.0, help="Seconds each start_workers call takes.", config=True)
 
+    return_delay = Float(
+        0.0, help="Seconds the call takes after the processes were started.", config=True
+    )
+
     async def start_workers(self, cluster, workers, facts):
         await asyncio.sleep(self.submit_delay)
-        return await super().start_workers(cluster, workers, facts)
+        states = await super().start_workers(cluster, workers, facts)
+        await asyncio.sleep(self.return_delay)
+        return states
 
 
 def known(clusters: Iterable[str] = (), workers: Iterable[str] = ()) -> KnownRecords:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from dask_gateway import BasicAuth, GatewayCluster
@@ -15,6 +17,10 @@ from client_ext import ElasticGateway
 from ..conftest import http, process_groups, wait_for, workers_of
 
 pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SLOW_SUBMIT = "tests.support_launchers.SlowSubmitLocalLauncher"
+NEVER_CONNECTS = "import time; time.sleep(300)"
 
 
 def running_in_gateway(gw, cluster) -> int:
@@ -241,3 +247,37 @@ def test_scheduler_and_workers_tick_at_the_clusters_tick_interval(gw):
             )
             ticks = client.run(lambda dask_worker: dask_worker._tick_interval)
             assert list(ticks.values()) == [0.5]
+
+
+def test_a_worker_scaled_away_during_its_start_does_not_outlive_a_gateway_crash(gateways):
+    # Its process runs, but the start call (and so its record) has not returned when the
+    # scale-down comes and the gateway is killed: the restarted gateway must remove it.
+    gateway = gateways.start(
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        f'c.ElasticBackend.worker_pools = {{"local": {{"launcher": "{SLOW_SUBMIT}"}}}}\n'
+        "c.SlowSubmitLocalLauncher.submit_delay = 0\n"
+        "c.SlowSubmitLocalLauncher.return_delay = 60\n"
+        # A worker that never reaches its scheduler, which would otherwise retire it.
+        f"c.ElasticClusterConfig.worker_cmd = [{sys.executable!r}, '-c', {NEVER_CONNECTS!r}]\n"
+    )
+    gw = gateways.client(gateway)
+    cluster = gw.new_cluster(shutdown_on_close=False)
+    name = cluster.name
+    scheduler_only = process_groups(gateway)
+    cluster.scale(1)
+    wait_for(lambda: len(process_groups(gateway)) == 2, what="the worker's process")
+    cluster.scale(0)
+    pools = lambda: gw.cluster_details(name)["pools"]["local"]  # noqa: E731
+    wait_for(lambda: pools()["pending"] == 0, what="the scale-down recorded")
+    cluster.close()
+    gw.close()
+    gateway.kill()
+
+    gateway.start()
+    gw = gateways.client(gateway)
+    try:
+        wait_for(lambda: process_groups(gateway) == scheduler_only, what="the worker removed")
+        assert gw.cluster_details(name)["status"] == "RUNNING"
+        gw.connect(name).shutdown()
+    finally:
+        gw.close()
