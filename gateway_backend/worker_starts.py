@@ -85,7 +85,8 @@ class WorkerStarts:
         for worker, state in zip(workers, states, strict=True):
             state = {"pool": pool.name, **state}
             if worker.status >= JobStatus.STOPPED:
-                # Scaled down while we were submitting: record, then stop it below.
+                # Its cluster stopped meanwhile (upstream marks its workers stopped at
+                # once; a scale-down waits for us instead): record, then stop it below.
                 stopped_meanwhile.append(worker)
                 updates.append((worker, {"state": state}))
             else:
