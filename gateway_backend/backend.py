@@ -52,7 +52,6 @@ from .scale_down import PoolOrderScaleDown
 from .scheduler_events import SchedulerEvents
 from .scheduler_watch import watch_schedulers
 from .sqlite_tuning import tune_sqlite
-from .state_db import in_memory_sqlite
 from .tls_keys import TLSKeys
 from .tls_keys import install as use_prepared_tls_keys
 from .views import GatewayViews
@@ -220,9 +219,8 @@ class ElasticBackend(
     async def do_setup(self) -> None:
         """After a restart: remove what runs without a record, fail records without a process."""
         tune_sqlite(self.db.db, self.sqlite_synchronous)  # upstream just opened it
-        # No record at all: a first start, or records lost. (An in-memory database loses
-        # them at every restart by design: there, what runs is removed as before.)
-        if not self.db.name_to_cluster and not in_memory_sqlite(self.db_url):
+        # No record at all: a first start, or records lost.
+        if not self.db.name_to_cluster:
             await refuse_to_start_empty_over_running(
                 self.launchers, self.known_records(), self.db_url
             )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from dask_gateway_server.backends.db_base import JobStatus
 from sqlalchemy.engine import make_url
 
-from .state_db import RECOVERY, StateDatabaseError
+from .state_db import RECOVERY, StateDatabaseError, in_memory_sqlite
 
 if TYPE_CHECKING:
     from dask_gateway_server.backends.db_base import Cluster
@@ -33,7 +33,11 @@ async def refuse_to_start_empty_over_running(
     whose record was lost, and ``remove_unknown`` would stop them all. Refuse instead,
     naming what runs and the fix. (``elastic-gateway serve`` checks its local processes
     before this; this check covers every launcher and every way of running the gateway.)
+    An in-memory database loses its records at every restart by design: there, what runs
+    is removed as unknown, as always.
     """
+    if in_memory_sqlite(db_url):
+        return
     found: dict[str, int] = {}
     for launcher in launchers:
         found[launcher.kind] = found.get(launcher.kind, 0) + await launcher.count_unknown(known)

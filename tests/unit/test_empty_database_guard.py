@@ -62,3 +62,10 @@ def test_a_launcher_that_cannot_count_does_not_block_the_start():
 
     assert asyncio.run(Plain().count_unknown(NOTHING)) == 0  # the base class's answer
     refuse([Plain()])
+
+
+@pytest.mark.parametrize("db_url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_loses_its_records_by_design_and_is_not_refused(db_url):
+    launcher = Running("local", 4)
+    refuse([launcher], db_url)
+    assert launcher.asked == []  # nothing counted either
