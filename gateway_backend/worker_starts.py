@@ -41,8 +41,9 @@ class WorkerStarts:
         finally:
             self._starting.difference_update(w.name for w in workers)
             for w in workers:
+                # Scaled away during the start, or the start failed: stop what it made.
                 if w.target >= JobStatus.STOPPED and w.status < JobStatus.STOPPED:
-                    self.queue.put(w)  # scaled away during the start: stop what it made
+                    self.queue.put(w)
 
     async def _start_and_record(
         self, cluster: Cluster, pool: WorkerPool, workers: list[Worker]
@@ -66,9 +67,7 @@ class WorkerStarts:
                 "target": JobStatus.STOPPED,
                 "close_expected": True,
             }
-            self.db.update_workers([(w, dict(stopped)) for w in workers])
-            for w in workers:
-                self.queue.put(w)
+            self.db.update_workers([(w, dict(stopped)) for w in workers])  # queued by the caller
             self.queue.put_after(cluster, self.launcher_retry_delay)
             return
         except Exception as exc:
@@ -77,9 +76,7 @@ class WorkerStarts:
             self._record_worker_failure(cluster, reason)
             self.db.update_workers(
                 [(w, {"status": JobStatus.SUBMITTED, "target": JobStatus.FAILED}) for w in workers]
-            )
-            for w in workers:
-                self.queue.put(w)
+            )  # queued by the caller
             return
         updates, stopped_meanwhile = [], []
         for worker, state in zip(workers, states, strict=True):
