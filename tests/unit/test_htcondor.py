@@ -438,6 +438,21 @@ async def test_jobs_without_a_record_are_removed_after_a_restart_and_each_period
         await launcher.cleanup()
 
 
+async def test_an_empty_database_counts_the_queued_jobs_without_a_record_and_removes_none(
+    tmp_path,
+):
+    schedd = FakeSchedd(["kept", "lost", "gone"])
+    launcher = HTCondorLauncher(
+        schedd_factory=lambda: schedd, staging_directory=str(tmp_path), status_period=3600
+    )
+    await launcher.setup(launcher_context(launcher, records=known(["c"], ["kept"])))
+    try:
+        assert await launcher.count_unknown(known(["c"], ["kept"])) == 2
+        assert schedd.removed == []
+    finally:
+        await launcher.cleanup()
+
+
 async def test_a_failed_status_update_backs_off_and_recovers(tmp_path):
     launcher = HTCondorLauncher(staging_directory=str(tmp_path), status_period=5)
     await launcher.setup(launcher_context(launcher))

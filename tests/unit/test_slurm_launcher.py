@@ -171,3 +171,28 @@ async def test_a_workers_log_is_its_array_tasks_output_file(tmp_path):
     logs_by_name = await launcher.fetch_logs(cluster, [done, unsubmitted, missing])
 
     assert logs_by_name == {"w0": "Starting Worker\nKilled"}
+
+
+async def test_an_empty_database_counts_the_active_tasks_of_unknown_clusters_only(tmp_path):
+    from types import SimpleNamespace
+
+    from gateway_backend.launchers.base import KnownRecords
+    from gateway_backend.launchers.slurm.script import job_comment
+
+    launcher = SlurmLauncher(staging_directory=str(tmp_path), gateway_id="gw")
+    mine = job_comment(launcher.submitter, "a" * 32, "alice", "0" * 16)
+    known = job_comment(launcher.submitter, "b" * 32, "bob", "1" * 16)
+    other_gateway = job_comment("other:00000000", "c" * 32, "carol", "2" * 16)
+    records = [
+        JobRecord("7_0", "7", 0, mine, "RUNNING", "None", 0),
+        JobRecord("7_1", "7", 1, mine, "PENDING", "Priority", 0),
+        JobRecord("7_2", "7", 2, mine, "COMPLETED", "None", 0),  # ended: nothing to lose
+        JobRecord("8_0", "8", 0, known, "RUNNING", "None", 0),
+        JobRecord("9_0", "9", 0, other_gateway, "RUNNING", "None", 0),
+    ]
+
+    async def jobs(gateway_id):
+        return records
+
+    launcher.client = SimpleNamespace(jobs=jobs)
+    assert await launcher.count_unknown(KnownRecords(frozenset({"b" * 32}), frozenset())) == 2

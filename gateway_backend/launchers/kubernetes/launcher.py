@@ -410,12 +410,12 @@ class KubernetesLauncher(KubernetesSettings, Launcher):
             await asyncio.wait_for(self.cache.synced.wait(), self.startup_sync_timeout)
         except TimeoutError:
             return 0  # no pod list yet: nothing is removed until there is one either
+        metas = (pod.get("metadata") or {} for pod in list(self.cache.pods.values()))
         return sum(
             1
-            for pod in list(self.cache.pods.values())
-            if not (pod.get("metadata") or {}).get("deletionTimestamp")
-            and ((pod.get("metadata") or {}).get("labels") or {}).get(CLUSTER_LABEL)
-            not in known.clusters
+            for meta in metas
+            if not meta.get("deletionTimestamp")
+            and (meta.get("labels") or {}).get(CLUSTER_LABEL) not in known.clusters
         )
 
     async def remove_unknown(self, known: KnownRecords) -> int:

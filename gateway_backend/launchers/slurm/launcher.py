@@ -397,16 +397,14 @@ class SlurmLauncher(SlurmSettings, Launcher):
         return out
 
     async def count_unknown(self, known: KnownRecords) -> int:
-        """Active jobs (array tasks) of this gateway in ``squeue``."""
+        """Active jobs (array tasks) of this gateway in ``squeue`` whose cluster is not known."""
         try:
             records = await self.client.jobs(self.gateway_id)
         except LauncherUnavailable as exc:
             self.log.warning("Cannot count Slurm jobs now (%s)", exc)
             return 0
-        # With no record at all, every active task of this gateway would be cancelled.
-        return sum(
-            1 for r in records if r.active and parse_comment(r.comment, self.submitter) is not None
-        )
+        clusters = (parse_comment(r.comment, self.submitter) for r in records if r.active)
+        return sum(1 for c in clusters if c is not None and c[0] not in known.clusters)
 
     async def remove_unknown(self, known: KnownRecords) -> int:
         """``refresh`` cancels jobs without records; run it now instead of a period later."""
