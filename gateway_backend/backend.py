@@ -43,7 +43,6 @@ from .placement import ordered_spill
 from .pools import PoolBook, WorkerPool, parse_pool_specs
 from .profile_book import ProfileBook
 from .quota_book import QuotaBook
-from .quotas import holds_resources
 from .record_changes import CountedOnce, RecordChanges
 from .replacement import FailureBudget, checked_closures, why_lost
 from .restart import reconcile_after_restart, refuse_to_start_empty_over_running
@@ -122,37 +121,27 @@ class ElasticBackend(
         )
 
     def known_records(self) -> KnownRecords:
-        """Clusters and workers not stopped yet: what launchers reconcile against.
-
-        A worker told to stop before its start was recorded (status CREATED), and not
-        starting now, has nothing of its own left to stop: whatever a start made for it
-        (the gateway died during the call) is a stray.
-        """
+        """Clusters and workers not stopped yet: what launchers reconcile against."""
         clusters = [c for c in self.db.name_to_cluster.values() if c.status < JobStatus.STOPPED]
         workers = (w for c in clusters for w in c.workers.values())
         return KnownRecords(
             frozenset(c.name for c in clusters),
-            frozenset(w.name for w in workers if self._still_to_run_or_stop(w)),
+            frozenset(w.name for w in workers if w.status < JobStatus.STOPPED),
         )
-
-    def _still_to_run_or_stop(self, worker: Worker) -> bool:
-        if worker.status >= JobStatus.STOPPED:
-            return False
-        unrecorded = worker.status == JobStatus.CREATED and worker.target >= JobStatus.STOPPED
-        return not unrecorded or self.start_in_flight(worker)
 
     async def setup(self, app) -> None:
         self._started_launchers: list[Launcher] = []  # released in reverse on shutdown
         self.record_changes = RecordChanges()  # counted from do_setup on
         self._pool_counts = CountedOnce(
             self.record_changes,
-            lambda: self.pools.usage(self.db.active_clusters(), holds_resources),
+            lambda: self.pools.usage(self.db.active_clusters(), self.holds_resources),
         )
         self.quotas = QuotaBook(
             self.vos,
             self.users_without_vo,
             lambda: self.db.active_clusters(),
             version=lambda: self.record_changes.version,
+            holds=self.holds_resources,
         )
         # A stopped cluster's events stay readable as long as upstream keeps its record.
         self.events = EventLog(keep_stopped_for=self.db_cluster_max_age)
@@ -160,7 +149,7 @@ class ElasticBackend(
         self.worker_conditions: dict[str, Check] = {}
         # Clusters with fewer workers than requested (pools full, VO quota), in request order.
         self._waiting: dict[str, None] = {}
-        # Workers whose start call is still running (a stop waits for it: _worker_to_stopped).
+        # Workers whose start call is still running: they hold resources even if stopped.
         self._starting: set[str] = set()
         self._restarts = RestartGrace(self.worker_restart_grace)
         self._budget = FailureBudget(
@@ -367,11 +356,6 @@ class ElasticBackend(
         self.db.update_cluster(cluster, state={**cluster.state, "last_worker_failure": reason})
 
     async def _worker_to_stopped(self, worker: Worker) -> None:
-        if self.start_in_flight(worker):
-            # Scaled away while its process, job or pod is being started: _start_batch
-            # queues it again when the start returns, to stop what it made. Marked stopped
-            # now, its cores would count free while it still starts.
-            return
         cluster = worker.cluster
         if worker.target == JobStatus.FAILED and cluster.target == JobStatus.RUNNING:
             check = self.worker_conditions.get(worker.name)

@@ -23,6 +23,7 @@ from .quotas import (
     check_new_cluster,
     choose_vo,
     describe_limit,
+    holds_resources,
     parse_vos,
     vo_usage,
     workers_grantable,
@@ -43,6 +44,7 @@ class QuotaBook:
         users_without_vo: str,
         active_clusters: Callable[[], Iterable[Cluster]],
         version: Callable[[], object] | None = None,
+        holds: Callable[[Any], bool] = holds_resources,
     ) -> None:
         self.vos: dict[str, VO] = parse_vos(vos)
         if self.vos and users_without_vo != "refuse" and users_without_vo not in self.vos:
@@ -53,6 +55,7 @@ class QuotaBook:
         self.users_without_vo = users_without_vo
         self._active_clusters = active_clusters
         self._version = version
+        self._holds = holds  # which workers count (see quotas.holds_resources)
         self._counted: tuple[object, dict[str, Usage]] | None = None  # (version, usage)
         # (VO label, kind) -> count; labels are configured VO names, "" or "(unknown)".
         self.refusals: dict[tuple[str, str], int] = defaultdict(int)
@@ -77,9 +80,9 @@ class QuotaBook:
         """Usage of every VO, counted once per ``version`` of the records."""
         version = self._version() if self._version is not None else None
         if version is None:
-            return vo_usage(self._active_clusters())
+            return vo_usage(self._active_clusters(), self._holds)
         if self._counted is None or self._counted[0] != version:
-            self._counted = (version, vo_usage(self._active_clusters()))
+            self._counted = (version, vo_usage(self._active_clusters(), self._holds))
         return self._counted[1]
 
     def visible_to(self, user) -> list[VO]:

@@ -9,7 +9,7 @@ concurrent requests can exceed a limit.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,24 +197,26 @@ def holds_resources(worker) -> bool:
 
     A worker told to stop keeps its cores until its process, job or pod has
     ended; freeing them earlier would let another worker start in their place
-    while both still run. That holds for one scaled down while its start is
-    still running too (status CREATED): its stop waits for the start.
-    Waiting clusters are woken when it has stopped.
+    while both still run. Waiting clusters are woken when it has stopped.
+    (One stopped while its start call still runs is counted by the backend,
+    which knows those calls: ``WorkerStarts``.)
     """
-    return worker.is_active() or worker.status < JobStatus.STOPPED
+    return worker.is_active() or JobStatus.CREATED < worker.status < JobStatus.STOPPED
 
 
-def cluster_usage(cluster) -> tuple[float, int, int, int]:
+def cluster_usage(cluster, holds: Callable[[Any], bool] = holds_resources):
     """(cores, memory, gpus, workers) an active cluster holds now."""
     config = cluster.config
-    active = sum(1 for w in cluster.workers.values() if holds_resources(w))
+    active = sum(1 for w in cluster.workers.values() if holds(w))
     cores = config.scheduler_cores + active * config.worker_cores
     memory = config.scheduler_memory + active * config.worker_memory
     gpus = active * config.get("worker_gpus", 0)
     return cores, memory, gpus, active
 
 
-def vo_usage(clusters: Iterable) -> dict[str, Usage]:
+def vo_usage(
+    clusters: Iterable, holds: Callable[[Any], bool] = holds_resources
+) -> dict[str, Usage]:
     """Usage per VO name over active clusters (those whose options record a VO)."""
     usage: dict[str, Usage] = {}
     for cluster in clusters:
@@ -222,7 +224,7 @@ def vo_usage(clusters: Iterable) -> dict[str, Usage]:
         if not name:
             continue
         u = usage.setdefault(name, Usage())
-        cores, memory, gpus, workers = cluster_usage(cluster)
+        cores, memory, gpus, workers = cluster_usage(cluster, holds)
         u.cores += cores
         u.memory += memory
         u.gpus += gpus

@@ -2,8 +2,9 @@
 
 A mixin of ``ElasticBackend`` (it reads the backend's ``db``, ``queue``, ``events``,
 ``record_changes`` and settings); never used alone. A worker scaled away while its
-start call runs keeps its status, so it goes on counting against quotas and pool
-caps, and is stopped once the call has returned what it started.
+start call runs is marked stopped at once (upstream's state machine), but it goes on
+counting against quotas and pool caps until the call has returned and what it
+started has been stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from dask_gateway_server.backends.db_base import JobStatus
 
 from .launchers import LauncherUnavailable
+from .quotas import holds_resources
 from .records import create_workers
 
 if TYPE_CHECKING:
@@ -27,9 +29,9 @@ class WorkerStarts:
 
     _starting: set[str]
 
-    def start_in_flight(self, worker: Worker) -> bool:
-        """Whether ``worker``'s start call is still running (its stop must wait for it)."""
-        return worker.name in self._starting
+    def holds_resources(self, worker: Worker) -> bool:
+        """``quotas.holds_resources``, and true while the worker's start call runs."""
+        return worker.name in self._starting or holds_resources(worker)
 
     async def _start_batch(self, cluster: Cluster, pool: WorkerPool, n: int) -> None:
         workers = create_workers(self.db, cluster, pool.name, n)
@@ -40,10 +42,9 @@ class WorkerStarts:
             await self._start_and_record(cluster, pool, workers)
         finally:
             self._starting.difference_update(w.name for w in workers)
-            for w in workers:
-                # Scaled away during the start, or the start failed: stop what it made.
-                if w.target >= JobStatus.STOPPED and w.status < JobStatus.STOPPED:
-                    self.queue.put(w)
+            if any(w.status >= JobStatus.STOPPED for w in workers):
+                self.record_changes.bump()  # their resources count free only now
+                self._wake_waiting()
 
     async def _start_and_record(
         self, cluster: Cluster, pool: WorkerPool, workers: list[Worker]
@@ -67,7 +68,9 @@ class WorkerStarts:
                 "target": JobStatus.STOPPED,
                 "close_expected": True,
             }
-            self.db.update_workers([(w, dict(stopped)) for w in workers])  # queued by the caller
+            self.db.update_workers([(w, dict(stopped)) for w in workers])
+            for w in workers:
+                self.queue.put(w)
             self.queue.put_after(cluster, self.launcher_retry_delay)
             return
         except Exception as exc:
@@ -76,14 +79,15 @@ class WorkerStarts:
             self._record_worker_failure(cluster, reason)
             self.db.update_workers(
                 [(w, {"status": JobStatus.SUBMITTED, "target": JobStatus.FAILED}) for w in workers]
-            )  # queued by the caller
+            )
+            for w in workers:
+                self.queue.put(w)
             return
         updates, stopped_meanwhile = [], []
         for worker, state in zip(workers, states, strict=True):
             state = {"pool": pool.name, **state}
             if worker.status >= JobStatus.STOPPED:
-                # Its cluster stopped meanwhile (upstream marks its workers stopped at
-                # once; a scale-down waits for us instead): record, then stop it below.
+                # Scaled away or its cluster stopped meanwhile: record, then stop it below.
                 stopped_meanwhile.append(worker)
                 updates.append((worker, {"state": state}))
             else:

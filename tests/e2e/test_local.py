@@ -267,8 +267,10 @@ def test_a_worker_scaled_away_during_its_start_does_not_outlive_a_gateway_crash(
     cluster.scale(1)
     wait_for(lambda: len(process_groups(gateway)) == 2, what="the worker's process")
     cluster.scale(0)
-    pools = lambda: gw.cluster_details(name)["pools"]["local"]  # noqa: E731
-    wait_for(lambda: pools()["pending"] == 0, what="the scale-down recorded")
+    wait_for(
+        lambda: gw.cluster_details(name)["pools"]["local"]["pending"] == 0,
+        what="the scale-down recorded",
+    )
     cluster.close()
     gw.close()
     gateway.kill()

@@ -79,7 +79,7 @@ async def test_vo_usage_is_counted_once_between_changes(db, monkeypatch):
     running_cluster(db, workers=1)
     counts = []
     real = quota_book.vo_usage
-    monkeypatch.setattr(quota_book, "vo_usage", lambda c: counts.append(1) or real(c))
+    monkeypatch.setattr(quota_book, "vo_usage", lambda c, holds: counts.append(1) or real(c, holds))
     vo = quotas.vos["cms"]
     quotas.usage_of(vo)
     quotas.usage_of(vo)

@@ -142,18 +142,19 @@ def test_usage_counts_schedulers_and_active_workers_per_vo():
 def test_a_stopping_worker_counts_until_it_has_stopped():
     # Told to stop (target STOPPED) while still running: its cores are not free yet.
     stopping = SimpleNamespace(is_active=lambda: False, status=JobStatus.RUNNING)
-    stopped = SimpleNamespace(is_active=lambda: False, status=JobStatus.STOPPED)
+    never_started = SimpleNamespace(is_active=lambda: False, status=JobStatus.CREATED)
     c = cluster("cms")
-    c.workers |= {"stopping": stopping, "stopped": stopped}
+    c.workers |= {"stopping": stopping, "never-started": never_started}
     assert vo_usage([c])["cms"].workers == 1
 
 
-def test_a_worker_told_to_stop_during_its_submission_counts_until_it_has_stopped():
-    # Status CREATED while its start call runs; it is stopped after that call returns.
-    submitting = SimpleNamespace(is_active=lambda: False, status=JobStatus.CREATED)
+def test_the_backend_decides_which_workers_count_beyond_their_records():
+    # The backend also counts workers whose start call still runs, stopped or not.
+    starting = SimpleNamespace(is_active=lambda: False, status=JobStatus.STOPPED)
     c = cluster("cms")
-    c.workers |= {"submitting": submitting}
-    assert vo_usage([c])["cms"].workers == 1
+    c.workers |= {"starting": starting}
+    assert vo_usage([c])["cms"].workers == 0
+    assert vo_usage([c], holds=lambda w: w is starting)["cms"].workers == 1
 
 
 def test_new_cluster_refused_at_max_clusters_per_user():
